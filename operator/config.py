@@ -1,0 +1,42 @@
+"""Operator settings: command-line flags with VOICEVAULT_* environment defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class UploaderPodConfig:
+    """How uploader pods look. The chart sets these from its values."""
+
+    namespace: str = "voicevault-system"
+    image: str = "ghcr.io/voicevault/voicevault:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    service_account: str = "voicevault-uploader"
+    command: tuple[str, ...] = ("voicevault",)
+    recordings_host_path: str = "/var/lib/voicevault/recordings"
+    run_as_user: int = 10001
+    run_as_group: int = 10001
+    cpu_request: str = "100m"
+    memory_request: str = "128Mi"
+    memory_limit: str = "384Mi"
+    concurrency: int = 4
+    part_concurrency: int = 2
+    part_size_mib: int = 8
+    progress_interval_seconds: float = 10.0
+    active_deadline_seconds: int = 3600
+    log_level: str = "info"
+    priority_class: str | None = None
+    tolerations: tuple[dict[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    pods: UploaderPodConfig = field(default_factory=UploaderPodConfig)
+    batch_size: int = 50  # recordings per uploader pod (the termination message must fit)
+    max_active_pods: int = 50  # uploader pods at once, cluster-wide
+    poll_interval: float = 2.0  # seconds between looks at running uploader pods
+    pod_start_timeout: float = 300.0  # a pod not running by then is given up on
+    validation_interval: float = 1800.0  # re-validate each bucket this often (seconds)
+    callback_attempts: int = 5
+    callback_timeout: float = 10.0

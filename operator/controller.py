@@ -1,0 +1,570 @@
+"""The operator's state and I/O: carries out what the pure rules decide.
+
+One `Controller` per operator process. The kopf handlers in `handlers.py` only forward
+watch events here. Settings and credentials are few; their latest bodies are kept so a
+change in one (a Secret appears, a credential becomes ready) re-evaluates the others.
+Recordings are many; only the scheduler's queue entries and a phase per UID are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from voicevault import logs
+from voicevault.crds import awscredential, recording, voicestoragesetting
+from voicevault.crds.recording import FINALIZER, Phase, RecordingSpec
+from voicevault.crds.voicestoragesetting import SETTING_NAME
+from voicevault.operator import callbacks, credentials, metrics, settings
+from voicevault.operator.conditions import condition, find, merge_conditions, parse_time
+from voicevault.operator.config import OperatorConfig
+from voicevault.operator.kube import Kube, is_status
+from voicevault.operator.queues import QueueEntry
+from voicevault.operator.recordings import (
+    Decision,
+    Event,
+    RecordingView,
+    reconcile,
+    transient_failure,
+)
+from voicevault.operator.scheduler import Scheduler
+from voicevault.operator.settings import CredentialView, SettingView
+from voicevault.uploader.batchspec import CredentialFile
+from voicevault.uploader.errors import ErrorCode
+from voicevault.uploader.s3client import AwsKeys, make_client
+
+log = logging.getLogger("voicevault.operator")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal as the apiserver would store them (None means absent)."""
+    return {k: v for k, v in a.items() if v is not None} == {
+        k: v for k, v in b.items() if v is not None
+    }
+
+
+class Controller:
+    def __init__(self, kube: Kube, config: OperatorConfig, clock: Clock = utcnow) -> None:
+        self.kube = kube
+        self.config = config
+        self.clock = clock
+        self.scheduler = Scheduler(kube, config, self.resolve_credential, self.post_event, clock)
+        self.credential_bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        self.credentials: dict[tuple[str, str], CredentialView] = {}
+        self.setting_bodies: dict[str, dict[str, Any]] = {}
+        self.settings: dict[str, SettingView] = {}
+        self.next_validation: dict[str, datetime] = {}
+        self.waiting: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> uid -> body
+        self.phases: dict[str, str] = {}  # uid -> last seen phase (for metrics and events)
+        self.settling: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load credentials and settings before any Recording is looked at, adopt pods."""
+        for body in await self.kube.list_objects(awscredential.PLURAL):
+            await self.on_credential(body, refresh_settings=False)
+        for body in await self.kube.list_objects(voicestoragesetting.PLURAL):
+            await self.on_setting(body)
+        await self.scheduler.adopt_existing_pods()
+        self._tasks = [
+            asyncio.create_task(self.scheduler.run(), name="scheduler"),
+            asyncio.create_task(self._validation_loop(), name="validation"),
+        ]
+
+    async def stop(self) -> None:
+        self.scheduler.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def probe(self) -> dict[str, Any]:
+        return {
+            "queued": len(self.scheduler.queues),
+            "uploader_pods": len(self.scheduler.active),
+            "settings": len(self.settings),
+            "recordings": len(self.phases),
+        }
+
+    async def post_event(
+        self, body: dict[str, Any], event: Event, kind: str = recording.KIND
+    ) -> None:
+        await self.kube.post_event(body, kind, event.type, event.reason, logs.scrub(event.message))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- AwsCredential ---------------------------------------------------------------------
+
+    async def on_credential(self, body: dict[str, Any], *, refresh_settings: bool = True) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        key = (namespace, name)
+        self.credential_bodies[key] = body
+        spec = body.get("spec") or {}
+        ref = spec.get("secretRef") or {}
+        secret = None
+        if ref.get("name") and (not ref.get("namespace") or ref.get("namespace") == namespace):
+            found = await self.kube.secret_data(namespace, ref["name"])
+            if found is not None:
+                secret = credentials.snapshot_secret(
+                    found[0], found[1], ref.get("accessKeyIdKey", "AWS_ACCESS_KEY_ID")
+                )
+        current = body.get("status") or {}
+        result = credentials.evaluate(
+            namespace=namespace,
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 1),
+            spec=spec,
+            secret=secret,
+            current_status=current,
+            now=self.clock(),
+        )
+        if not _same(result.status, current):
+            await self._patch_status(awscredential.PLURAL, body, result.status)
+            if (
+                find(current.get("conditions"), "Ready") is None
+                or (find(current.get("conditions"), "Ready") or {}).get("reason") != result.reason
+            ):
+                await self.post_event(
+                    body,
+                    Event("Normal" if result.ready else "Warning", result.reason, result.message),
+                    awscredential.KIND,
+                )
+        view = CredentialView(
+            namespace=namespace,
+            name=name,
+            sid=result.status["sid"],
+            ready=result.ready,
+            message=result.message,
+            secret_name=ref.get("name", ""),
+            access_key_id_key=ref.get("accessKeyIdKey", "AWS_ACCESS_KEY_ID"),
+            secret_access_key_key=ref.get("secretAccessKeyKey", "AWS_SECRET_ACCESS_KEY"),
+            session_token_key=ref.get("sessionTokenKey"),
+        )
+        changed = self.credentials.get(key) != view
+        self.credentials[key] = view
+        if changed and refresh_settings:
+            await self._refresh_setting(namespace)
+
+    def forget_credential(self, namespace: str, name: str) -> None:
+        self.credential_bodies.pop((namespace, name), None)
+        self.credentials.pop((namespace, name), None)
+
+    async def on_secret(self, namespace: str, name: str) -> None:
+        """A Secret changed: re-check the credentials that use it."""
+        for (ns, cred_name), view in list(self.credentials.items()):
+            if ns == namespace and view.secret_name == name:
+                body = self.credential_bodies.get((ns, cred_name))
+                if body is not None:
+                    await self.on_credential(body)
+
+    def uses_secret(self, namespace: str, name: str) -> bool:
+        return any(
+            ns == namespace and view.secret_name == name
+            for (ns, _), view in self.credentials.items()
+        )
+
+    async def resolve_credential(self, namespace: str, name: str) -> CredentialFile | str:
+        """The keys of a ready credential, or why it cannot be used."""
+        view = self.credentials.get((namespace, name))
+        if view is None:
+            return f"AwsCredential {name!r} not found in {namespace!r}"
+        if not view.ready:
+            return f"AwsCredential {name!r} is not ready: {view.message}"
+        found = await self.kube.secret_data(namespace, view.secret_name)
+        if found is None:
+            return f"Secret {view.secret_name!r} of AwsCredential {name!r} not found"
+        data = found[1]
+
+        def text(key: str | None) -> str:
+            return data.get(key or "", b"").decode("utf-8", errors="replace").strip()
+
+        key_id, secret = text(view.access_key_id_key), text(view.secret_access_key_key)
+        token = text(view.session_token_key) or None
+        if not key_id or not secret:
+            return f"Secret {view.secret_name!r} lacks the access key"
+        for value in (key_id, secret, token):
+            logs.register_secret(value)
+        return CredentialFile(access_key_id=key_id, secret_access_key=secret, session_token=token)
+
+    # -- VoiceStorageSetting ---------------------------------------------------------------
+
+    async def on_setting(self, body: dict[str, Any], *, force_validation: bool = False) -> None:
+        meta = body["metadata"]
+        namespace = meta["namespace"]
+        if meta.get("name") != SETTING_NAME:
+            return  # the CRD's CEL rule refuses other names
+        self.setting_bodies[namespace] = body
+        generation = int(meta.get("generation") or 1)
+        spec = body.get("spec") or {}
+        ref = ((spec.get("externalStorage") or {}).get("credentialRef") or {}).get("name")
+        credential = self.credentials.get((namespace, ref)) if ref else None
+        evaluation = settings.evaluate(namespace, spec, credential)
+        current = body.get("status") or {}
+        now = self.clock()
+        validated = None
+        if (
+            evaluation.ready
+            and evaluation.location is not None
+            and (
+                force_validation
+                or settings.validation_due(
+                    current, generation, now, self.config.validation_interval
+                )
+            )
+        ):
+            validated = await self._validate(namespace, evaluation, credential)
+        status = settings.status_for(
+            evaluation,
+            generation=generation,
+            credential=credential,
+            current=current,
+            validated=validated,
+            validation_time=now if validated else None,
+            now=now,
+        )
+        if not _same(status, current):
+            await self._patch_status(voicestoragesetting.PLURAL, body, status)
+            await self._setting_events(body, current, status)
+        ok = evaluation.ready and (validated[0] if validated else _validated(status))
+        metrics.SETTING_VALID.labels(namespace=namespace).set(1 if ok else 0)
+        interval = self.config.validation_interval
+        self.next_validation[namespace] = now + timedelta(
+            seconds=interval if ok or not evaluation.ready else min(interval, 60.0)
+        )
+        view = SettingView(
+            namespace=namespace,
+            generation=generation,
+            spec=evaluation.spec,
+            location=evaluation.location,
+            public_key_sid=evaluation.public_key_sid,
+            ready=evaluation.ready,
+            reason=evaluation.reason,
+            message=evaluation.message,
+        )
+        old = self.settings.get(namespace)
+        self.settings[namespace] = view
+        if view.ready and (old is None or not old.ready or old.generation != view.generation):
+            await self._redrive_waiting(namespace)
+
+    def forget_setting(self, namespace: str, name: str) -> None:
+        if name == SETTING_NAME:
+            self.setting_bodies.pop(namespace, None)
+            self.settings.pop(namespace, None)
+            self.next_validation.pop(namespace, None)
+            metrics.SETTING_VALID.labels(namespace=namespace).set(0)
+
+    async def _refresh_setting(self, namespace: str) -> None:
+        body = self.setting_bodies.get(namespace)
+        if body is not None:
+            await self.on_setting(body)
+
+    async def _validate(
+        self,
+        namespace: str,
+        evaluation: settings.SettingEvaluation,
+        credential: CredentialView | None,
+    ) -> tuple[bool, str, str]:
+        assert evaluation.location is not None and credential is not None
+        keys = await self.resolve_credential(namespace, credential.name)
+        if isinstance(keys, str):
+            return False, "CredentialUnusable", keys
+        client = make_client(
+            evaluation.location,
+            AwsKeys(keys.access_key_id, keys.secret_access_key, keys.session_token),
+        )
+        return await asyncio.to_thread(settings.validate_bucket, client, evaluation.location)
+
+    async def _setting_events(
+        self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]
+    ) -> None:
+        for type_ in ("Ready", "Validated"):
+            before, after = find(old.get("conditions"), type_), find(new.get("conditions"), type_)
+            if after and (before is None or before.get("reason") != after.get("reason")):
+                good = after.get("status") == "True" or after.get("reason") == "Disabled"
+                await self.post_event(
+                    body,
+                    Event(
+                        "Normal" if good else "Warning", after["reason"], after.get("message", "")
+                    ),
+                    voicestoragesetting.KIND,
+                )
+
+    async def _validation_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, self.config.validation_interval))
+            now = self.clock()
+            for namespace, due in list(self.next_validation.items()):
+                body = self.setting_bodies.get(namespace)
+                if due <= now and body is not None:
+                    try:
+                        await self.on_setting(body, force_validation=True)
+                    except Exception:
+                        log.exception("re-validation failed", extra={"namespace": namespace})
+
+    # -- Recording -------------------------------------------------------------------------
+
+    async def on_recording(self, body: dict[str, Any]) -> None:
+        rec = RecordingView.from_body(body)
+        self._track_phase(rec, body)
+        decision = reconcile(rec, self.settings.get(rec.namespace), self.clock())
+        await self._carry_out(rec, body, decision)
+
+    def forget_recording(self, body: dict[str, Any]) -> None:
+        uid = body.get("metadata", {}).get("uid", "")
+        namespace = body.get("metadata", {}).get("namespace", "")
+        self.scheduler.unqueue(uid)
+        self.waiting.get(namespace, {}).pop(uid, None)
+        if uid in self.phases:
+            metrics.RECORDINGS.labels(phase=self.phases.pop(uid)).dec()
+            self._update_cached_gauge()
+
+    async def _carry_out(
+        self, rec: RecordingView, body: dict[str, Any], decision: Decision
+    ) -> None:
+        rv = rec.resource_version
+        try:
+            if decision.add_finalizer:
+                updated = await self.kube.set_finalizers(
+                    recording.PLURAL, rec.namespace, rec.name, [*rec.finalizers, FINALIZER], rv
+                )
+                rv = updated["metadata"]["resourceVersion"]
+            if decision.status is not None:
+                updated = await self.kube.patch_status(
+                    recording.PLURAL, rec.namespace, rec.name, decision.status, rv
+                )
+                rv = updated["metadata"]["resourceVersion"]
+                body = updated
+        except Exception as exc:
+            if is_status(exc, 404, 409):
+                return  # a newer version of the object is on its way to us
+            raise
+        for event in decision.events:
+            await self.post_event(body, event)
+        waiting = self.waiting.setdefault(rec.namespace, {})
+        if decision.waiting_for_setting:
+            waiting[rec.uid] = body
+        else:
+            waiting.pop(rec.uid, None)
+        if decision.unqueue:
+            self.scheduler.unqueue(rec.uid)
+        if decision.queue is not None:
+            self._enqueue(body, rv, decision)
+        if decision.remove_finalizer:
+            await self._release(rec, rv)
+        if decision.owned_by_pod is not None and self.scheduler.ready:
+            if not self.scheduler.pod_is_known(decision.owned_by_pod):
+                await self._pod_lost(body)
+        if decision.settle and rec.uid not in self.settling:
+            self.settling.add(rec.uid)
+            self._spawn(self._settle(body))
+
+    def _enqueue(self, body: dict[str, Any], rv: str, decision: Decision) -> None:
+        assert decision.queue is not None
+        rec = RecordingView.from_body(body)
+        snapshot = rec.snapshot
+        if snapshot is None:
+            return
+        self.scheduler.enqueue(
+            QueueEntry(
+                namespace=rec.namespace,
+                name=rec.name,
+                uid=rec.uid,
+                resource_version=rv,
+                node=str(rec.spec.get("nodeName", "")),
+                sid=rec.sid,
+                media_path=str(rec.spec.get("mediaPath", "")),
+                snapshot=snapshot,
+                attempts=int(rec.status.get("attempts") or 0),
+                action=decision.queue.action,
+                due=decision.queue.due,
+                created=rec.created,
+            )
+        )
+
+    async def _release(self, rec: RecordingView, rv: str) -> None:
+        remaining = [f for f in rec.finalizers if f != FINALIZER]
+        try:
+            await self.kube.set_finalizers(recording.PLURAL, rec.namespace, rec.name, remaining, rv)
+        except Exception as exc:
+            if not is_status(exc, 404, 409):
+                raise
+
+    async def _pod_lost(self, body: dict[str, Any]) -> None:
+        """Scheduled on a pod this operator does not know (any more): a transient failure."""
+        rec = RecordingView.from_body(body)
+        snapshot = rec.snapshot
+        if snapshot is None:
+            return
+        message = f"uploader pod {rec.pod} is gone without a result"
+        patch, event = transient_failure(
+            rec.status,
+            snapshot,
+            code=int(ErrorCode.UPLOAD_FAILED),
+            message=message,
+            now=self.clock(),
+            node=str(rec.spec.get("nodeName", "")),
+        )
+        patch["upload"] = None
+        try:
+            await self.kube.patch_status(
+                recording.PLURAL, rec.namespace, rec.name, patch, rec.resource_version
+            )
+        except Exception as exc:
+            if is_status(exc, 404, 409):
+                return
+            raise
+        metrics.UPLOADS.labels(result="lost").inc()
+        await self.post_event(body, event)
+
+    async def _redrive_waiting(self, namespace: str) -> None:
+        for body in list(self.waiting.get(namespace, {}).values()):
+            await self.on_recording(body)
+
+    def _track_phase(self, rec: RecordingView, body: dict[str, Any]) -> None:
+        phase = rec.status.get("phase") or "None"
+        old = self.phases.get(rec.uid)
+        if old == phase:
+            return
+        if old is not None:
+            metrics.RECORDINGS.labels(phase=old).dec()
+        metrics.RECORDINGS.labels(phase=phase).inc()
+        self.phases[rec.uid] = phase
+        if Phase.CACHED.value in (old, phase):
+            self._update_cached_gauge()
+        if old is not None and phase == Phase.UPLOADING.value:
+            upload = rec.status.get("upload") or {}
+            self._spawn(
+                self.post_event(
+                    body,
+                    Event("Normal", "Uploading", f"uploader pod {upload.get('pod')} is sending it"),
+                )
+            )
+
+    def _update_cached_gauge(self) -> None:
+        metrics.CACHED.set(Counter(self.phases.values())[Phase.CACHED.value])
+
+    async def _settle(self, body: dict[str, Any]) -> None:
+        """Final conditions and the status callback of a Completed or Failed recording."""
+        rec = RecordingView.from_body(body)
+        try:
+            await self._settle_once(rec, body)
+        except Exception:
+            log.exception("settling failed", extra={"recording": f"{rec.namespace}/{rec.name}"})
+        finally:
+            self.settling.discard(rec.uid)
+
+    async def _settle_once(self, rec: RecordingView, body: dict[str, Any]) -> None:
+        now = self.clock()
+        status = rec.status
+        completed = rec.phase is Phase.COMPLETED
+        updates = []
+        conditions = status.get("conditions") or []
+        if find(conditions, "Stored") is None:
+            if completed:
+                updates.append(
+                    condition(
+                        "Stored",
+                        True,
+                        "Uploaded",
+                        f"stored at {status.get('mediaUrl')}",
+                        now,
+                        rec.generation,
+                    )
+                )
+                metrics.UPLOADED_BYTES.inc(int(status.get("size") or 0))
+                done = parse_time(status.get("completionTime")) or now
+                metrics.UPLOAD_LATENCY.observe(max(0.0, (done - rec.created).total_seconds()))
+                await self.post_event(
+                    body, Event("Normal", "Stored", f"stored at {status.get('mediaUrl')}")
+                )
+            else:
+                message = f"error {status.get('errorCode')}: {status.get('errorMessage')}"
+                updates.append(
+                    condition("Stored", False, "UploadFailed", message, now, rec.generation)
+                )
+                await self.post_event(body, Event("Warning", "Failed", message))
+        snapshot = rec.snapshot
+        attempts = None
+        if snapshot and snapshot.callback_url and find(conditions, "CallbackDelivered") is None:
+            delivered, reason, message, attempts = await self._callback(rec, snapshot)
+            updates.append(
+                condition("CallbackDelivered", delivered, reason, message, now, rec.generation)
+            )
+            metrics.CALLBACKS.labels(result="delivered" if delivered else "failed").inc()
+            await self.post_event(
+                body, Event("Normal" if delivered else "Warning", f"Callback{reason}", message)
+            )
+        if not updates:
+            return
+        patch: dict[str, Any] = {"conditions": merge_conditions(conditions, updates)}
+        if attempts is not None:
+            patch["callbackAttempts"] = attempts
+        try:
+            await self.kube.patch_status(recording.PLURAL, rec.namespace, rec.name, patch)
+        except Exception as exc:
+            if not is_status(exc, 404):
+                raise
+
+    async def _callback(self, rec: RecordingView, snapshot: Any) -> tuple[bool, str, str, int]:
+        try:
+            spec = RecordingSpec.model_validate(rec.spec)
+        except ValidationError:
+            return False, "InvalidSpec", "the Recording's spec is invalid", 0
+        signing_key = None
+        if snapshot.callback_signing_secret:
+            found = await self.kube.secret_data(rec.namespace, snapshot.callback_signing_secret)
+            value = (found[1] if found else {}).get(snapshot.callback_signing_key or "", b"")
+            if not value:
+                return (
+                    False,
+                    "SigningKeyMissing",
+                    f"Secret {snapshot.callback_signing_secret!r} has no key "
+                    f"{snapshot.callback_signing_key!r}; callback not sent",
+                    0,
+                )
+            signing_key = value.decode("utf-8", errors="replace").strip()
+            logs.register_secret(signing_key)
+        params = callbacks.callback_params(spec, rec.status | {"sid": rec.sid})
+        result = await callbacks.deliver(
+            snapshot.callback_url,
+            params,
+            signing_key,
+            attempts=self.config.callback_attempts,
+            timeout=self.config.callback_timeout,
+        )
+        reason = "Delivered" if result.delivered else "DeliveryFailed"
+        message = f"{result.detail} after {result.attempts} attempt(s) to {snapshot.callback_url}"
+        return result.delivered, reason, message, result.attempts
+
+    async def _patch_status(
+        self, plural: str, body: dict[str, Any], status: dict[str, Any]
+    ) -> None:
+        meta = body["metadata"]
+        try:
+            await self.kube.patch_status(plural, meta["namespace"], meta["name"], status)
+        except Exception as exc:
+            if not is_status(exc, 404):
+                raise
+
+
+def _validated(status: dict[str, Any]) -> bool:
+    found = find(status.get("conditions"), "Validated")
+    return bool(found and found.get("status") == "True")

@@ -1,0 +1,75 @@
+"""kopf handlers: thin. Each forwards a watch event to the Controller in `memo`.
+
+Level-based `on.event` handlers are used instead of kopf's change-detection handlers, so
+kopf writes nothing into our objects (no annotations, no finalizers of its own): the
+operator's only writes are the ones the rules decide, which keeps GitOps diffs clean and
+the number of API writes per recording small.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from voicevault import API_GROUP, API_VERSION
+from voicevault.crds import awscredential, recording, voicestoragesetting
+from voicevault.operator.controller import Controller
+
+
+def plain(body: Any) -> dict[str, Any]:
+    """A kopf body (read-only views) as plain dicts and lists."""
+    if isinstance(body, dict) or hasattr(body, "items"):
+        return {k: plain(v) for k, v in body.items()}
+    if isinstance(body, list | tuple):
+        return [plain(v) for v in body]  # type: ignore[return-value]
+    return body  # type: ignore[no-any-return]
+
+
+def _controller(memo: Any) -> Controller:
+    controller: Controller = memo.controller
+    return controller
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Register every handler on `registry` (the operator builds a fresh one)."""
+
+    @kopf.on.event(API_GROUP, API_VERSION, awscredential.PLURAL, registry=registry)
+    async def credential_event(event: dict[str, Any], memo: Any, **_: Any) -> None:
+        body = plain(event["object"])
+        controller = _controller(memo)
+        if event.get("type") == "DELETED":
+            meta = body["metadata"]
+            controller.forget_credential(meta["namespace"], meta["name"])
+            return
+        await controller.on_credential(body)
+
+    @kopf.on.event("", "v1", "secrets", registry=registry)
+    async def secret_event(event: dict[str, Any], memo: Any, **_: Any) -> None:
+        meta = event["object"].get("metadata", {})
+        controller = _controller(memo)
+        if controller.uses_secret(meta.get("namespace", ""), meta.get("name", "")):
+            await controller.on_secret(meta["namespace"], meta["name"])
+
+    @kopf.on.event(API_GROUP, API_VERSION, voicestoragesetting.PLURAL, registry=registry)
+    async def setting_event(event: dict[str, Any], memo: Any, **_: Any) -> None:
+        body = plain(event["object"])
+        controller = _controller(memo)
+        if event.get("type") == "DELETED":
+            meta = body["metadata"]
+            controller.forget_setting(meta["namespace"], meta["name"])
+            return
+        await controller.on_setting(body)
+
+    @kopf.on.event(API_GROUP, API_VERSION, recording.PLURAL, registry=registry)
+    async def recording_event(event: dict[str, Any], memo: Any, **_: Any) -> None:
+        body = plain(event["object"])
+        controller = _controller(memo)
+        if event.get("type") == "DELETED":
+            controller.forget_recording(body)
+            return
+        await controller.on_recording(body)
+
+    @kopf.on.probe(id="voicevault", registry=registry)
+    def probe(memo: Any, **_: Any) -> dict[str, Any]:
+        return _controller(memo).probe()

@@ -1,0 +1,245 @@
+"""The operator's Kubernetes API calls, counted, off the event loop.
+
+The official client is synchronous; every call runs in a bounded thread pool so the
+kopf event loop never blocks. Each request is counted by verb and resource
+(`voicevault_kube_requests_total`), which is how the benchmark counts writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from voicevault import API_GROUP, API_VERSION
+from voicevault.operator import metrics
+
+T = TypeVar("T")
+MERGE = "application/merge-patch+json"
+COMPONENT = "voicevault-operator"
+
+
+def load_api_client() -> k8s.ApiClient:
+    """In-cluster credentials in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    configuration = k8s.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 32
+    return k8s.ApiClient(configuration)
+
+
+def is_status(exc: BaseException, *codes: int) -> bool:
+    return isinstance(exc, ApiException) and exc.status in codes
+
+
+class Kube:
+    def __init__(self, api_client: k8s.ApiClient, workers: int = 16) -> None:
+        self.api_client = api_client
+        self.custom = k8s.CustomObjectsApi(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.api_client.close()
+
+    async def _call(
+        self, verb: str, resource: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        metrics.KUBE_REQUESTS.labels(verb=verb, resource=resource).inc()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    # -- custom resources ------------------------------------------------------------------
+
+    async def get_status(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "get",
+            plural,
+            self.custom.get_namespaced_custom_object_status,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            plural,
+            name,
+        )
+        return result
+
+    async def patch_status(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """Merge-patch .status; with `resource_version` it fails (409) if anyone wrote since."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        result: dict[str, Any] = await self._call(
+            "patch",
+            f"{plural}/status",
+            self.custom.patch_namespaced_custom_object_status,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            plural,
+            name,
+            body,
+            _content_type=MERGE,
+        )
+        return result
+
+    async def patch_meta(
+        self, plural: str, namespace: str, name: str, metadata: dict[str, Any]
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "patch",
+            plural,
+            self.custom.patch_namespaced_custom_object,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            plural,
+            name,
+            {"metadata": metadata},
+            _content_type=MERGE,
+        )
+        return result
+
+    async def set_finalizers(
+        self, plural: str, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> dict[str, Any]:
+        """Replace the finalizer list, guarded by resourceVersion (others' entries kept)."""
+        return await self.patch_meta(
+            plural, namespace, name, {"finalizers": finalizers, "resourceVersion": resource_version}
+        )
+
+    async def list_objects(self, plural: str) -> list[dict[str, Any]]:
+        result = await self._call(
+            "list", plural, self.custom.list_cluster_custom_object, API_GROUP, API_VERSION, plural
+        )
+        return list(result.get("items", []))
+
+    # -- core ------------------------------------------------------------------------------------
+
+    async def read_secret(self, namespace: str, name: str) -> k8s.V1Secret | None:
+        try:
+            secret: k8s.V1Secret = await self._call(
+                "get", "secrets", self.core.read_namespaced_secret, name, namespace
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return secret
+
+    async def secret_data(self, namespace: str, name: str) -> tuple[str, dict[str, bytes]] | None:
+        """(resourceVersion, decoded data) of a Secret, or None if it does not exist."""
+        secret = await self.read_secret(namespace, name)
+        if secret is None:
+            return None
+        data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+        return str(secret.metadata.resource_version), data
+
+    async def node_exists(self, name: str) -> bool:
+        try:
+            await self._call("get", "nodes", self.core.read_node, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        result = await self._call(
+            "create", "pods", self.core.create_namespaced_pod, namespace, manifest
+        )
+        return dict(self.api_client.sanitize_for_serialization(result))
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        result = await self._call(
+            "list", "pods", self.core.list_namespaced_pod, namespace, label_selector=selector
+        )
+        return list(self.api_client.sanitize_for_serialization(result).get("items", []))
+
+    async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
+        try:
+            await self._call(
+                "delete",
+                "pods",
+                self.core.delete_namespaced_pod,
+                name,
+                namespace,
+                grace_period_seconds=grace_seconds,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def create_secret(self, namespace: str, manifest: dict[str, Any]) -> None:
+        await self._call(
+            "create", "secrets", self.core.create_namespaced_secret, namespace, manifest
+        )
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        try:
+            await self._call(
+                "delete", "secrets", self.core.delete_namespaced_secret, name, namespace
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def list_secrets(self, namespace: str, selector: str) -> list[k8s.V1Secret]:
+        result = await self._call(
+            "list", "secrets", self.core.list_namespaced_secret, namespace, label_selector=selector
+        )
+        return list(result.items or [])
+
+    async def post_event(
+        self, obj: dict[str, Any], kind: str, type_: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event about `obj`. Best effort: an Event is never worth a failure."""
+        meta = obj.get("metadata", {})
+        now = datetime.now(UTC)
+        event = {
+            "metadata": {
+                "name": f"{meta.get('name', 'object')}.{uuid.uuid4().hex[:16]}",
+                "namespace": meta.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": kind,
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+        }
+        try:
+            await self._call(
+                "create", "events", self.core.create_namespaced_event, meta.get("namespace"), event
+            )
+        except Exception:
+            metrics.EVENT_FAILURES.inc()

@@ -1,0 +1,36 @@
+"""Prometheus metrics of the operator. Labels never carry secrets or unbounded values
+other than namespace (an account) and phase."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+UPLOADS = Counter(
+    "voicevault_uploads_total",
+    "Upload attempts by result (completed, transient, fatal, lost).",
+    ["result"],
+)
+UPLOADED_BYTES = Counter("voicevault_uploaded_bytes_total", "Media bytes stored in buckets.")
+UPLOAD_LATENCY = Histogram(
+    "voicevault_recording_store_seconds",
+    "Time from a Recording's creation to Completed.",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200, 14400),
+)
+RECORDINGS = Gauge("voicevault_recordings", "Recordings by phase, as last seen.", ["phase"])
+RETRIES = Counter("voicevault_retries_total", "Transient failures that scheduled a retry.")
+CACHED = Gauge("voicevault_cached_recordings", "Recordings whose media is cached on a node.")
+CACHED_TOTAL = Counter("voicevault_cached_total", "Recordings that ended a retry window cached.")
+SETTING_VALID = Gauge(
+    "voicevault_storage_setting_valid",
+    "1 when the namespace's VoiceStorageSetting is Ready and Validated, else 0.",
+    ["namespace"],
+)
+CALLBACKS = Counter("voicevault_callbacks_total", "Status callbacks by result.", ["result"])
+PODS_CREATED = Counter("voicevault_uploader_pods_created_total", "Uploader pods created.")
+PODS_ACTIVE = Gauge("voicevault_uploader_pods_active", "Uploader pods not yet finished.")
+KUBE_REQUESTS = Counter(
+    "voicevault_kube_requests_total",
+    "Kubernetes API requests by verb and resource.",
+    ["verb", "resource"],
+)
+EVENT_FAILURES = Counter("voicevault_event_post_failures_total", "Events that could not be posted.")

@@ -1,0 +1,164 @@
+"""Manifests of an uploader pod and its batch Secret. Pure: dicts in, dicts out.
+
+The pod runs on the node that holds the media (spec.nodeName), mounts only the
+recordings directory from the host, runs as the configured non-root user with a
+read-only root filesystem and no capabilities, and gets its credentials from a Secret
+the operator owns (a volume, never environment values in the pod spec).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from typing import Any
+
+from voicevault.operator.config import UploaderPodConfig
+from voicevault.uploader.batchspec import BATCH_FILE, BatchSpec, CredentialFile
+
+LABELS = {
+    "app.kubernetes.io/name": "voicevault",
+    "app.kubernetes.io/component": "uploader",
+    "app.kubernetes.io/managed-by": "voicevault-operator",
+}
+SELECTOR = ",".join(f"{k}={v}" for k, v in LABELS.items())
+NODE_LABEL = "voicevault.io/node"
+BATCH_MOUNT = "/var/run/voicevault/batch"
+MEDIA_MOUNT = "/recordings"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def pod_name(node: str) -> str:
+    """`vv-upload-<node>-<random>`, a valid name whatever the node is called."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", node.lower()).strip("-")[:30].strip("-") or "node"
+    digest = hashlib.sha256(node.encode()).hexdigest()[:6]
+    return f"vv-upload-{slug}-{digest}-{secrets.token_hex(4)}"
+
+
+def node_label_value(node: str) -> str:
+    """Node names can be longer than a label value; a digest keeps it short and exact."""
+    return hashlib.sha256(node.encode()).hexdigest()[:16]
+
+
+def uploader_pod(
+    name: str, node: str, secret_name: str, config: UploaderPodConfig
+) -> dict[str, Any]:
+    args = [
+        "uploader",
+        "--batch-dir",
+        BATCH_MOUNT,
+        "--media-root",
+        MEDIA_MOUNT,
+        "--termination-log",
+        TERMINATION_LOG,
+        "--concurrency",
+        str(config.concurrency),
+        "--part-concurrency",
+        str(config.part_concurrency),
+        "--part-size",
+        str(config.part_size_mib),
+        "--progress-interval",
+        str(config.progress_interval_seconds),
+        "--log-level",
+        config.log_level,
+    ]
+    spec: dict[str, Any] = {
+        "nodeName": node,
+        "restartPolicy": "Never",
+        "serviceAccountName": config.service_account,
+        "automountServiceAccountToken": True,
+        "activeDeadlineSeconds": config.active_deadline_seconds,
+        "terminationGracePeriodSeconds": 60,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": config.run_as_user,
+            "runAsGroup": config.run_as_group,
+            "fsGroup": config.run_as_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "tolerations": [dict(t) for t in config.tolerations],
+        "containers": [
+            {
+                "name": "uploader",
+                "image": config.image,
+                "imagePullPolicy": config.image_pull_policy,
+                "command": list(config.command),
+                "args": args,
+                "env": [{"name": "HOME", "value": "/tmp"}],
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "resources": {
+                    "requests": {"cpu": config.cpu_request, "memory": config.memory_request},
+                    "limits": {"memory": config.memory_limit},
+                },
+                "terminationMessagePath": TERMINATION_LOG,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": [
+                    {"name": "recordings", "mountPath": MEDIA_MOUNT},
+                    {"name": "batch", "mountPath": BATCH_MOUNT, "readOnly": True},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+            }
+        ],
+        "volumes": [
+            {
+                "name": "recordings",
+                "hostPath": {"path": config.recordings_host_path, "type": "Directory"},
+            },
+            {"name": "batch", "secret": {"secretName": secret_name, "defaultMode": 0o440}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
+    }
+    if config.priority_class:
+        spec["priorityClassName"] = config.priority_class
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": config.namespace,
+            "labels": LABELS | {NODE_LABEL: node_label_value(node)},
+            "annotations": {"voicevault.io/node-name": node},
+        },
+        "spec": spec,
+    }
+
+
+def batch_secret(
+    name: str,
+    namespace: str,
+    pod: dict[str, Any],
+    batch: BatchSpec,
+    credentials: dict[str, CredentialFile],
+) -> dict[str, Any]:
+    """The batch and its credentials, owned by the pod (garbage-collected with it)."""
+    data = {BATCH_FILE: batch.model_dump_json()}
+    data.update({file: cred.model_dump_json() for file, cred in credentials.items()})
+    meta = pod["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": LABELS,
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }

@@ -1,0 +1,243 @@
+"""VoiceStorageSetting: is the namespace's setting complete and consistent (Ready), and
+does the bucket accept uploads from its credential (Validated)?
+
+`evaluate` is pure. Validation talks to the bucket with the seed policy's permissions
+only: it opens a multipart upload under the prefix and aborts it, leaving nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from voicevault.crds.voicestoragesetting import VoiceStorageSettingSpec
+from voicevault.operator.conditions import condition, find, merge_conditions
+from voicevault.uploader import envelope
+from voicevault.uploader.bucketurl import BucketLocation, BucketUrlError, parse_bucket_url
+from voicevault.uploader.errors import UploadError, classify
+from voicevault.uploader.transfer import abort_upload
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+VALIDATION_KEY_DIR = ".voicevault-validation"
+
+
+@dataclass(frozen=True)
+class CredentialView:
+    """An AwsCredential as the settings and recordings controllers need it."""
+
+    namespace: str
+    name: str
+    sid: str | None
+    ready: bool
+    message: str
+    secret_name: str
+    access_key_id_key: str
+    secret_access_key_key: str
+    session_token_key: str | None
+
+
+@dataclass(frozen=True)
+class SettingView:
+    """The namespace's setting as a Recording sees it when it is created."""
+
+    namespace: str
+    generation: int
+    spec: VoiceStorageSettingSpec | None
+    location: BucketLocation | None
+    public_key_sid: str | None
+    ready: bool
+    reason: str
+    message: str
+
+    @property
+    def enabled(self) -> bool:
+        return self.spec is not None and self.spec.external_storage.enabled
+
+
+@dataclass(frozen=True)
+class SettingEvaluation:
+    ready: bool
+    reason: str
+    message: str
+    spec: VoiceStorageSettingSpec | None = None
+    location: BucketLocation | None = None
+    public_key_sid: str | None = None
+
+
+def evaluate(
+    namespace: str, raw_spec: dict[str, Any], credential: CredentialView | None
+) -> SettingEvaluation:
+    """Static checks, in the order a person would fix them."""
+    try:
+        spec = VoiceStorageSettingSpec.model_validate(raw_spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return SettingEvaluation(False, "InvalidSpec", f"spec.{where}: {first['msg']}")
+    storage = spec.external_storage
+    if not storage.enabled:
+        return SettingEvaluation(True, "Disabled", "external storage is off", spec=spec)
+    assert storage.bucket_url is not None and storage.credential_ref is not None  # CEL rule
+    try:
+        location = parse_bucket_url(
+            storage.bucket_url, endpoint_url=storage.endpoint_url, region=storage.region
+        )
+    except BucketUrlError as exc:
+        return SettingEvaluation(False, "InvalidBucketUrl", str(exc), spec=spec)
+    problem = _cross_namespace(namespace, spec)
+    if problem:
+        return SettingEvaluation(False, "CrossNamespaceReference", problem, spec=spec)
+    public_key_sid = None
+    if spec.encryption is not None:
+        try:
+            public_key_sid = envelope.public_key_sid(
+                envelope.load_public_key(spec.encryption.public_key)
+            )
+        except envelope.InvalidPublicKey as exc:
+            return SettingEvaluation(False, "InvalidPublicKey", str(exc), spec=spec)
+    ref_name = storage.credential_ref.name
+    if credential is None:
+        return SettingEvaluation(
+            False, "CredentialNotFound", f"AwsCredential {ref_name!r} not found", spec=spec
+        )
+    if not credential.ready:
+        return SettingEvaluation(
+            False,
+            "CredentialNotReady",
+            f"AwsCredential {ref_name!r} is not ready: {credential.message}",
+            spec=spec,
+        )
+    encrypted = f", encrypted with key {public_key_sid}" if public_key_sid else ""
+    return SettingEvaluation(
+        True,
+        "Configured",
+        f"uploads go to bucket {location.bucket!r} under {location.prefix or '/'!r}{encrypted}",
+        spec=spec,
+        location=location,
+        public_key_sid=public_key_sid,
+    )
+
+
+def _cross_namespace(namespace: str, spec: VoiceStorageSettingSpec) -> str | None:
+    ref = spec.external_storage.credential_ref
+    if ref is not None and ref.namespace and ref.namespace != namespace:
+        return (
+            f"credentialRef.namespace {ref.namespace!r} is not allowed: a setting may only use "
+            f"an AwsCredential in its own namespace {namespace!r}"
+        )
+    callback = spec.status_callback
+    signing = callback.signing_key_ref if callback else None
+    if signing is not None and signing.namespace and signing.namespace != namespace:
+        return (
+            f"statusCallback.signingKeyRef.namespace {signing.namespace!r} is not allowed: "
+            f"the signing key must be a Secret in {namespace!r}"
+        )
+    return None
+
+
+def status_for(
+    evaluation: SettingEvaluation,
+    *,
+    generation: int,
+    credential: CredentialView | None,
+    current: dict[str, Any],
+    validated: tuple[bool, str, str] | None,
+    validation_time: datetime | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The complete desired status. `validated` is None when no check ran this time."""
+    location = evaluation.location
+    updates = [
+        condition("Ready", evaluation.ready, evaluation.reason, evaluation.message, now, generation)
+    ]
+    if validated is not None:
+        ok, reason, message = validated
+        updates.append(condition("Validated", ok, reason, message, now, generation))
+    elif not evaluation.ready or location is None:
+        reason = "Disabled" if evaluation.reason == "Disabled" else "NotReady"
+        updates.append(
+            condition(
+                "Validated",
+                "Unknown" if reason == "NotReady" else False,
+                reason,
+                "not validated: " + evaluation.message,
+                now,
+                generation,
+            )
+        )
+    status: dict[str, Any] = {
+        "parsed": (
+            {
+                "bucket": location.bucket,
+                "region": location.region,
+                "prefix": location.prefix,
+                "style": location.style,
+                "endpointUrl": location.endpoint_url,
+            }
+            if location
+            else None
+        ),
+        "credentialSid": credential.sid if credential and evaluation.ready and location else None,
+        "publicKeySid": evaluation.public_key_sid,
+        "lastValidationTime": (
+            validation_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if validation_time
+            else current.get("lastValidationTime")
+        ),
+        "validatedGeneration": generation
+        if validated is not None
+        else current.get("validatedGeneration"),
+        "observedGeneration": generation,
+        "conditions": merge_conditions(current.get("conditions") or [], updates),
+    }
+    return status
+
+
+def validation_due(
+    current: dict[str, Any], generation: int, now: datetime, interval_s: float
+) -> bool:
+    """Validate on a new generation, when never validated, or every `interval_s`."""
+    if (
+        current.get("validatedGeneration") != generation
+        or find(current.get("conditions"), "Validated") is None
+    ):
+        return True
+    last = current.get("lastValidationTime")
+    if not last:
+        return True
+    elapsed = (now - datetime.fromisoformat(last.replace("Z", "+00:00"))).total_seconds()
+    return elapsed >= interval_s
+
+
+def validate_bucket(client: S3Client, location: BucketLocation) -> tuple[bool, str, str]:
+    """Open and abort a multipart upload under the prefix: PutObject and Abort allowed.
+
+    Returns (ok, reason, message). Uses no permission beyond the seed policy, and the
+    aborted upload leaves no object and no open upload behind.
+    """
+    key = f"{location.prefix}{VALIDATION_KEY_DIR}/{uuid.uuid4().hex}"
+    try:
+        created = client.create_multipart_upload(Bucket=location.bucket, Key=key)
+    except Exception as exc:
+        return _validation_failure(classify(exc, "CreateMultipartUpload"))
+    try:
+        abort_upload(client, location.bucket, key, str(created["UploadId"]))
+    except UploadError as exc:
+        return _validation_failure(exc)
+    return True, "BucketAcceptsUploads", f"opened and aborted a test upload in {location.bucket!r}"
+
+
+def _validation_failure(error: UploadError) -> tuple[bool, str, str]:
+    reason = {
+        16112: "AccessDenied",
+        16111: "BucketUnreachable" if not error.fatal else "UploadRejected",
+    }.get(int(error.code), "ValidationFailed")
+    if error.s3_code == "NoSuchBucket":
+        reason = "NoSuchBucket"
+    return False, reason, f"{error.message} (error {int(error.code)})"

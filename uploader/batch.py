@@ -1,0 +1,222 @@
+"""Run one uploader pod's batch: upload (or purge) each recording, report, clean up.
+
+Rules, in the seed's words and ours:
+- stored: write Completed, then delete the local media and its resume state. If
+  Completed could not be written, keep both, so the next attempt records it without
+  uploading again (the platform keeps no copy once the outcome is recorded).
+- fatal: delete the media at once, write Failed.
+- transient: keep the media and the resume state; the operator applies the retry policy
+  when it reads this pod's outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from voicevault.uploader import envelope
+from voicevault.uploader.batchspec import BatchItem, BatchOutcome, BatchSpec, ItemResult
+from voicevault.uploader.bucketurl import parse_bucket_url
+from voicevault.uploader.errors import ErrorCode, UploadError, classify, fatal
+from voicevault.uploader.media import MediaPathError, content_type_for, delete_media, resolve_media
+from voicevault.uploader.recordingstatus import StatusReporter
+from voicevault.uploader.state import StateStore
+from voicevault.uploader.transfer import (
+    EncryptionKey,
+    TransferConfig,
+    UploadRequest,
+    abort_open_uploads,
+    upload,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger("voicevault.uploader")
+
+ClientFactory = Callable[[BatchItem], "S3Client"]
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    media_root: Path
+    state_dir: Path
+    concurrency: int = 4  # recordings at once
+    transfer: TransferConfig = TransferConfig(concurrency=2)
+    progress_interval: float = 10.0  # seconds between Uploading status writes
+
+
+class _ItemProgress:
+    """Throttled Uploading writes: the first after `interval`, then at most one per interval."""
+
+    def __init__(
+        self, item: BatchItem, reporter: StatusReporter, interval: float, cancel: threading.Event
+    ) -> None:
+        self.item, self.reporter, self.interval, self.cancel = item, reporter, interval, cancel
+        self.total = 0
+        self.done = 0
+        self.lock = threading.Lock()
+        self.next_write = time.monotonic() + interval
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def advance(self, done: int) -> None:
+        with self.lock:
+            self.done += done
+            now = time.monotonic()
+            if now < self.next_write or self.done >= self.total:
+                return
+            self.next_write = now + self.interval
+            sent, total = self.done, self.total
+        if not self.reporter.progress(self.item, sent, total):
+            log.debug("progress not written", extra={"sid": self.item.sid})
+
+
+def run_batch(
+    spec: BatchSpec,
+    settings: BatchSettings,
+    reporter: StatusReporter,
+    client_for: ClientFactory,
+    cancel: threading.Event,
+) -> BatchOutcome:
+    """Process every item with bounded concurrency; results come back in batch order."""
+    results: list[ItemResult | None] = [None] * len(spec.items)
+    store = StateStore(settings.state_dir)
+
+    def work(index: int, item: BatchItem) -> None:
+        if cancel.is_set():
+            return
+        results[index] = _process(item, settings, store, reporter, client_for, cancel)
+
+    with ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
+        for future in [pool.submit(work, i, item) for i, item in enumerate(spec.items)]:
+            future.result()
+    return BatchOutcome(results=results)
+
+
+def _process(
+    item: BatchItem,
+    settings: BatchSettings,
+    store: StateStore,
+    reporter: StatusReporter,
+    client_for: ClientFactory,
+    cancel: threading.Event,
+) -> ItemResult:
+    ctx = {"recording": f"{item.namespace}/{item.name}", "sid": item.sid}
+    if item.action == "purge":
+        return _purge(item, settings, store, client_for, ctx)
+    started = time.monotonic()
+    try:
+        path = resolve_media(settings.media_root, item.namespace, item.media_path)
+        request = _request(item, path)
+        client = client_for(item)
+        progress = _ItemProgress(item, reporter, settings.progress_interval, cancel)
+        result = upload(client, request, store, settings.transfer, progress, cancel)
+    except MediaPathError as exc:
+        # not ours to delete: the path leads outside the namespace's folder
+        error = fatal(ErrorCode.UPLOAD_FAILED, f"invalid media path: {exc}")
+        return _report_failure(item, error, reporter, None, store, ctx)
+    except UploadError as error:
+        media = _media_or_none(settings, item)
+        return _report_failure(item, error, reporter, media, store, ctx)
+    except Exception as exc:
+        error = classify(exc, "upload")
+        log.exception("unexpected error", extra=ctx)
+        return _report_failure(item, error, reporter, _media_or_none(settings, item), store, ctx)
+    elapsed = time.monotonic() - started
+    log.info(
+        "stored %d bytes in %.2fs (%d parts sent, %d skipped, %d re-sent)",
+        result.size,
+        elapsed,
+        result.parts_sent,
+        result.parts_skipped,
+        result.parts_resent,
+        extra=ctx
+        | {"event": "stored", "resumed": result.resumed, "parts_resent": result.parts_resent},
+    )
+    if not reporter.completed(item, result):
+        return ItemResult(kind="completed-unrecorded", message="stored; status not written yet")
+    delete_media(path)
+    store.wipe(item.sid)
+    return ItemResult(kind="completed")
+
+
+def _request(item: BatchItem, path: Path) -> UploadRequest:
+    location = parse_bucket_url(item.bucket_url, endpoint_url=item.endpoint_url, region=item.region)
+    encryption = None
+    if item.public_key:
+        try:
+            key = envelope.load_public_key(item.public_key)
+        except envelope.InvalidPublicKey as exc:
+            raise fatal(ErrorCode.INVALID_PUBLIC_KEY, f"invalid public key: {exc}") from None
+        encryption = EncryptionKey(
+            public_key=key, sid=item.public_key_sid or envelope.public_key_sid(key)
+        )
+    return UploadRequest(
+        source=path,
+        location=location,
+        key=item.object_key,
+        content_type=content_type_for(path.suffix, encrypted=encryption is not None),
+        encryption=encryption,
+        state_name=item.sid,
+    )
+
+
+def _media_or_none(settings: BatchSettings, item: BatchItem) -> Path | None:
+    try:
+        return resolve_media(settings.media_root, item.namespace, item.media_path)
+    except MediaPathError:
+        return None
+
+
+def _report_failure(
+    item: BatchItem,
+    error: UploadError,
+    reporter: StatusReporter,
+    media: Path | None,
+    store: StateStore,
+    ctx: Mapping[str, Any],
+) -> ItemResult:
+    extra = dict(ctx) | {"error_code": int(error.code), "error_class": error.error_class.value}
+    if not error.fatal:
+        log.warning("transient failure: %s", error.message, extra=extra | {"event": "transient"})
+        return ItemResult(kind="transient", error_code=int(error.code), message=error.message)
+    log.error("fatal failure: %s", error.message, extra=extra | {"event": "fatal"})
+    if media is not None and delete_media(media):
+        log.info("local media deleted after a fatal error", extra=dict(ctx))
+    store.wipe(item.sid)
+    recorded = reporter.failed(item, error)
+    return ItemResult(
+        kind="fatal" if recorded else "fatal-unrecorded",
+        error_code=int(error.code),
+        message=error.message,
+    )
+
+
+def _purge(
+    item: BatchItem,
+    settings: BatchSettings,
+    store: StateStore,
+    client_for: ClientFactory,
+    ctx: Mapping[str, Any],
+) -> ItemResult:
+    """The Recording is being deleted: abort its open upload, remove its media and state."""
+    try:
+        abort_open_uploads(client_for(item), item.bucket, item.object_key)
+    except Exception as exc:
+        error = classify(exc, "abort")
+        log.warning("purge failed: %s", error.message, extra=dict(ctx))
+        return ItemResult(kind="transient", error_code=int(error.code), message=error.message)
+    media = _media_or_none(settings, item)
+    if media is not None:
+        delete_media(media)
+    store.wipe(item.sid)
+    log.info("purged local media and open uploads", extra=dict(ctx) | {"event": "purged"})
+    return ItemResult(kind="purged")

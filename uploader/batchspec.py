@@ -1,0 +1,158 @@
+"""The contract between the operator and an uploader pod: what to do, and what happened.
+
+The operator writes a `BatchSpec` (plus one credential file per AwsCredential) into a
+Secret it owns and mounts into the pod. The pod answers with a `BatchOutcome` in its
+termination message, so the operator learns every result even when a status patch
+failed or the API was unreachable. Both ends import this module; it does no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BATCH_FILE = "batch.json"
+SPEC_VERSION = 1
+# the kubelet keeps at most 4096 bytes of a termination message
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class BatchItem(_Wire):
+    """One recording of the batch, with everything needed to upload it (no secrets)."""
+
+    namespace: str
+    name: str
+    uid: str
+    sid: str
+    action: Literal["upload", "purge"] = "upload"
+    media_path: str  # relative to <media root>/<namespace>/
+    bucket_url: str
+    endpoint_url: str | None = None
+    region: str
+    bucket: str
+    object_key: str
+    media_url: str
+    public_key: str | None = None
+    public_key_sid: str | None = None
+    credential: str  # file name of the credential in the batch Secret
+
+
+class BatchSpec(_Wire):
+    version: int = SPEC_VERSION
+    pod: str
+    node: str
+    items: list[BatchItem]
+
+
+class CredentialFile(_Wire):
+    """Contents of one credential file in the batch Secret. Never logged."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    def __repr__(self) -> str:
+        return "CredentialFile(<hidden>)"
+
+    __str__ = __repr__
+
+
+def credential_file_name(index: int) -> str:
+    return f"credential-{index}.json"
+
+
+# -- outcome --------------------------------------------------------------------------------
+
+ResultKind = Literal[
+    "completed",  # stored, and Completed written to the Recording
+    "completed-unrecorded",  # stored, but the status patch failed: media kept until recorded
+    "fatal",  # fatal error, media deleted, Failed written
+    "fatal-unrecorded",  # fatal error, media deleted, status patch failed
+    "transient",  # transient error: media and resume state kept
+    "purged",  # local media and open upload removed (deletion)
+    "skipped",  # not attempted (the pod was stopped first) or no longer ours
+]
+
+_KIND_CODES: dict[str, str] = {
+    "completed": "C",
+    "completed-unrecorded": "c",
+    "fatal": "F",
+    "fatal-unrecorded": "f",
+    "transient": "T",
+    "purged": "P",
+    "skipped": "S",
+}
+_CODE_KINDS = {v: k for k, v in _KIND_CODES.items()}
+
+
+class ItemResult(BaseModel):
+    kind: ResultKind
+    error_code: int | None = None
+    message: str = ""
+
+
+class BatchOutcome(BaseModel):
+    """Results in batch order; `None` where the pod never got to the item."""
+
+    results: list[ItemResult | None] = Field(default_factory=list)
+
+    def encode(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+        """Compact JSON that fits in `limit` bytes; messages are shortened, then dropped.
+
+        Format: {"v":1,"r":["C","T16111:0",...],"m":["message 0",...]} where each result is
+        a kind letter, an optional error code and an index into the de-duplicated messages.
+        """
+        for max_message in (200, 80, 30, 0):
+            text = self._encode(max_message)
+            if len(text.encode()) <= limit:
+                return text
+        return json.dumps({"v": 1, "r": [], "m": []}, separators=(",", ":"))
+
+    def _encode(self, max_message: int) -> str:
+        messages: list[str] = []
+        codes: list[str] = []
+        for result in self.results:
+            if result is None:
+                codes.append("")
+                continue
+            code = _KIND_CODES[result.kind] + (str(result.error_code) if result.error_code else "")
+            text = result.message[:max_message] if max_message else ""
+            if text:
+                if text not in messages:
+                    messages.append(text)
+                code += f":{messages.index(text)}"
+            codes.append(code)
+        return json.dumps({"v": 1, "r": codes, "m": messages}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str) -> BatchOutcome | None:
+        """Parse a termination message; None if it is not one of ours."""
+        try:
+            raw = json.loads(text)
+            if not isinstance(raw, dict) or raw.get("v") != 1:
+                return None
+            messages = [str(m) for m in raw.get("m", [])]
+            results: list[ItemResult | None] = []
+            for code in raw.get("r", []):
+                results.append(_decode_one(str(code), messages))
+            return cls(results=results)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return None
+
+
+def _decode_one(code: str, messages: list[str]) -> ItemResult | None:
+    if not code:
+        return None
+    kind = _CODE_KINDS[code[0]]
+    rest, _, index = code[1:].partition(":")
+    return ItemResult(
+        kind=kind,  # type: ignore[arg-type]
+        error_code=int(rest) if rest else None,
+        message=messages[int(index)] if index else "",
+    )

@@ -1,0 +1,71 @@
+"""A boto3 S3 client set up for uploads with the seed policy's narrow credentials."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+from voicevault.uploader.bucketurl import BucketLocation
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+@dataclass(frozen=True)
+class AwsKeys:
+    """An access key. `repr` never shows the secret parts."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AwsKeys(access_key_id='…{self.access_key_id[-4:]}', secret_access_key=<hidden>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    # botocore's own quick retries for throttling, 5xx and dropped connections; longer
+    # outages are the operator's business (retry window)
+    max_attempts: int = 3
+    max_pool_connections: int = 16
+
+
+def make_client(
+    location: BucketLocation, keys: AwsKeys, settings: ClientSettings | None = None
+) -> S3Client:
+    """An S3 client for `location` (AWS or the endpoint override)."""
+    settings = settings or ClientSettings()
+    s3_options: dict[str, Any] = {
+        # S3-compatible endpoints are addressed path-style; AWS picks what fits the bucket
+        "addressing_style": "path" if location.endpoint_url else "auto",
+        # every request carries its own SHA-256 checksum header, so hashing the body a
+        # second time for the signature would only cost CPU
+        "payload_signing_enabled": False,
+    }
+    config = Config(
+        region_name=location.region,
+        signature_version="s3v4",
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        max_pool_connections=settings.max_pool_connections,
+        s3=s3_options,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        tcp_keepalive=True,
+    )
+    session = boto3.session.Session(
+        aws_access_key_id=keys.access_key_id,
+        aws_secret_access_key=keys.secret_access_key,
+        aws_session_token=keys.session_token,
+    )
+    client: S3Client = session.client("s3", endpoint_url=location.endpoint_url, config=config)
+    return client
