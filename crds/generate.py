@@ -19,6 +19,8 @@ from voicevault.crds.openapi import structural_schema
 
 CATEGORY = "voicevault"
 CRD_DIR = Path(__file__).resolve().parent
+# the Helm chart installs the same files from its own crds/ folder
+CHART_CRD_DIR = CRD_DIR.parent / "charts" / "voicevault" / "crds"
 
 
 def _ready(type_: str) -> str:

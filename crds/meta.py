@@ -15,7 +15,7 @@ API = f"{API_GROUP}/{API_VERSION}"
 # Kubernetes object names: RFC 1123 DNS subdomain (Secrets, Nodes) and label (namespaces).
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"  # noqa: S105 - a pattern, not a secret
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 

@@ -26,35 +26,94 @@ def configure(parser: argparse.ArgumentParser) -> None:
     defaults = OperatorConfig()
     add = parser.add_argument
     add("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
-    add("--namespace", action="append", default=None,
-        help="watch only this namespace (repeatable; default: all namespaces)")
+    add(
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch only this namespace (repeatable; default: all namespaces)",
+    )
     group = parser.add_argument_group("uploader pods")
-    group.add_argument("--uploader-namespace", default=_env("UPLOADER_NAMESPACE", os.environ.get("POD_NAMESPACE", pods.namespace)))
+    group.add_argument(
+        "--uploader-namespace",
+        default=_env("UPLOADER_NAMESPACE", os.environ.get("POD_NAMESPACE", pods.namespace)),
+    )
     group.add_argument("--uploader-image", default=_env("UPLOADER_IMAGE", pods.image))
-    group.add_argument("--uploader-image-pull-policy", default=_env("UPLOADER_IMAGE_PULL_POLICY", pods.image_pull_policy))
-    group.add_argument("--uploader-service-account", default=_env("UPLOADER_SERVICE_ACCOUNT", pods.service_account))
-    group.add_argument("--recordings-host-path", default=_env("RECORDINGS_HOST_PATH", pods.recordings_host_path),
-                       help="directory on each node holding <namespace>/<mediaPath>")
-    group.add_argument("--uploader-uid", type=int, default=int(_env("UPLOADER_UID", str(pods.run_as_user))),
-                       help="UID the uploader runs as (match the recording service)")
-    group.add_argument("--uploader-gid", type=int, default=int(_env("UPLOADER_GID", str(pods.run_as_group))))
-    group.add_argument("--uploader-memory-limit", default=_env("UPLOADER_MEMORY_LIMIT", pods.memory_limit))
-    group.add_argument("--upload-concurrency", type=int, default=int(_env("UPLOAD_CONCURRENCY", str(pods.concurrency))),
-                       help="recordings uploaded at once in a pod")
-    group.add_argument("--part-concurrency", type=int, default=int(_env("PART_CONCURRENCY", str(pods.part_concurrency))))
-    group.add_argument("--progress-interval", type=float, default=float(_env("PROGRESS_INTERVAL", str(pods.progress_interval_seconds))))
-    group.add_argument("--batch-size", type=int, default=int(_env("BATCH_SIZE", str(defaults.batch_size))))
-    group.add_argument("--max-active-pods", type=int, default=int(_env("MAX_ACTIVE_PODS", str(defaults.max_active_pods))))
-    group.add_argument("--pod-start-timeout", type=float, default=float(_env("POD_START_TIMEOUT", str(defaults.pod_start_timeout))))
-    group.add_argument("--poll-interval", type=float, default=float(_env("POLL_INTERVAL", str(defaults.poll_interval))))
+    group.add_argument(
+        "--uploader-image-pull-policy",
+        default=_env("UPLOADER_IMAGE_PULL_POLICY", pods.image_pull_policy),
+    )
+    group.add_argument(
+        "--uploader-service-account", default=_env("UPLOADER_SERVICE_ACCOUNT", pods.service_account)
+    )
+    group.add_argument(
+        "--recordings-host-path",
+        default=_env("RECORDINGS_HOST_PATH", pods.recordings_host_path),
+        help="directory on each node holding <namespace>/<mediaPath>",
+    )
+    group.add_argument(
+        "--uploader-uid",
+        type=int,
+        default=int(_env("UPLOADER_UID", str(pods.run_as_user))),
+        help="UID the uploader runs as (match the recording service)",
+    )
+    group.add_argument(
+        "--uploader-gid", type=int, default=int(_env("UPLOADER_GID", str(pods.run_as_group)))
+    )
+    group.add_argument(
+        "--uploader-memory-limit", default=_env("UPLOADER_MEMORY_LIMIT", pods.memory_limit)
+    )
+    group.add_argument(
+        "--upload-concurrency",
+        type=int,
+        default=int(_env("UPLOAD_CONCURRENCY", str(pods.concurrency))),
+        help="recordings uploaded at once in a pod",
+    )
+    group.add_argument(
+        "--part-concurrency",
+        type=int,
+        default=int(_env("PART_CONCURRENCY", str(pods.part_concurrency))),
+    )
+    group.add_argument(
+        "--progress-interval",
+        type=float,
+        default=float(_env("PROGRESS_INTERVAL", str(pods.progress_interval_seconds))),
+    )
+    group.add_argument(
+        "--batch-size", type=int, default=int(_env("BATCH_SIZE", str(defaults.batch_size)))
+    )
+    group.add_argument(
+        "--max-active-pods",
+        type=int,
+        default=int(_env("MAX_ACTIVE_PODS", str(defaults.max_active_pods))),
+    )
+    group.add_argument(
+        "--pod-start-timeout",
+        type=float,
+        default=float(_env("POD_START_TIMEOUT", str(defaults.pod_start_timeout))),
+    )
+    group.add_argument(
+        "--poll-interval",
+        type=float,
+        default=float(_env("POLL_INTERVAL", str(defaults.poll_interval))),
+    )
     other = parser.add_argument_group("operation")
-    other.add_argument("--validation-interval", type=float, default=float(_env("VALIDATION_INTERVAL", str(defaults.validation_interval))),
-                       help="seconds between bucket re-validations")
+    other.add_argument(
+        "--validation-interval",
+        type=float,
+        default=float(_env("VALIDATION_INTERVAL", str(defaults.validation_interval))),
+        help="seconds between bucket re-validations",
+    )
     other.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "8080")))
     other.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8081")))
     other.add_argument("--bind-address", default=_env("BIND_ADDRESS", "0.0.0.0"))  # noqa: S104 - in a pod
-    other.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
-    other.add_argument("--log-format", default=_env("LOG_FORMAT", "json"), choices=["json", "plain"])
+    other.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    other.add_argument(
+        "--log-format", default=_env("LOG_FORMAT", "json"), choices=["json", "plain"]
+    )
 
 
 def config_from(args: argparse.Namespace) -> OperatorConfig:
@@ -126,4 +185,3 @@ def run(args: argparse.Namespace) -> int:
     finally:
         kube.close()
     return 0
-

@@ -37,14 +37,12 @@ def merge_conditions(
 ) -> list[dict[str, Any]]:
     """`current` with `updates` applied by type; a transition time moves only on a flip."""
     merged = {c.get("type"): dict(c) for c in current}
-    for new in updates:
-        old = merged.get(new["type"])
-        if old is not None and old.get("status") == new["status"]:
-            new = {
-                **new,
-                "lastTransitionTime": old.get("lastTransitionTime", new["lastTransitionTime"]),
-            }
-        merged[new["type"]] = new
+    for update in updates:
+        old = merged.get(update["type"])
+        kept = dict(update)
+        if old is not None and old.get("status") == update["status"]:
+            kept["lastTransitionTime"] = old.get("lastTransitionTime", update["lastTransitionTime"])
+        merged[update["type"]] = kept
     return sorted(merged.values(), key=lambda c: str(c.get("type")))
 
 

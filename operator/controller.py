@@ -282,7 +282,8 @@ class Controller:
         evaluation: settings.SettingEvaluation,
         credential: CredentialView | None,
     ) -> tuple[bool, str, str]:
-        assert evaluation.location is not None and credential is not None
+        assert evaluation.location is not None
+        assert credential is not None
         keys = await self.resolve_credential(namespace, credential.name)
         if isinstance(keys, str):
             return False, "CredentialUnusable", keys
@@ -369,9 +370,9 @@ class Controller:
             self._enqueue(body, rv, decision)
         if decision.remove_finalizer:
             await self._release(rec, rv)
-        if decision.owned_by_pod is not None and self.scheduler.ready:
-            if not self.scheduler.pod_is_known(decision.owned_by_pod):
-                await self._pod_lost(body)
+        pod = decision.owned_by_pod
+        if pod is not None and self.scheduler.ready and not self.scheduler.pod_is_known(pod):
+            await self._pod_lost(body)
         if decision.settle and rec.uid not in self.settling:
             self.settling.add(rec.uid)
             self._spawn(self._settle(body))

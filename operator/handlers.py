@@ -35,7 +35,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     """Register every handler on `registry` (the operator builds a fresh one)."""
 
     @kopf.on.event(API_GROUP, API_VERSION, awscredential.PLURAL, registry=registry)
-    async def credential_event(event: dict[str, Any], memo: Any, **_: Any) -> None:
+    async def credential_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         body = plain(event["object"])
         controller = _controller(memo)
         if event.get("type") == "DELETED":
@@ -45,14 +45,14 @@ def register(registry: kopf.OperatorRegistry) -> None:
         await controller.on_credential(body)
 
     @kopf.on.event("", "v1", "secrets", registry=registry)
-    async def secret_event(event: dict[str, Any], memo: Any, **_: Any) -> None:
+    async def secret_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         meta = event["object"].get("metadata", {})
         controller = _controller(memo)
         if controller.uses_secret(meta.get("namespace", ""), meta.get("name", "")):
             await controller.on_secret(meta["namespace"], meta["name"])
 
     @kopf.on.event(API_GROUP, API_VERSION, voicestoragesetting.PLURAL, registry=registry)
-    async def setting_event(event: dict[str, Any], memo: Any, **_: Any) -> None:
+    async def setting_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         body = plain(event["object"])
         controller = _controller(memo)
         if event.get("type") == "DELETED":
@@ -62,7 +62,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         await controller.on_setting(body)
 
     @kopf.on.event(API_GROUP, API_VERSION, recording.PLURAL, registry=registry)
-    async def recording_event(event: dict[str, Any], memo: Any, **_: Any) -> None:
+    async def recording_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         body = plain(event["object"])
         controller = _controller(memo)
         if event.get("type") == "DELETED":

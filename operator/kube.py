@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -22,7 +22,6 @@ from kubernetes.client.exceptions import ApiException
 from voicevault import API_GROUP, API_VERSION
 from voicevault.operator import metrics
 
-T = TypeVar("T")
 MERGE = "application/merge-patch+json"
 COMPONENT = "voicevault-operator"
 
@@ -54,8 +53,8 @@ class Kube:
         self.api_client.close()
 
     async def _call(
-        self, verb: str, resource: str, fn: Callable[..., T], *args: Any, **kwargs: Any
-    ) -> T:
+        self, verb: str, resource: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
         metrics.KUBE_REQUESTS.labels(verb=verb, resource=resource).inc()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
@@ -151,7 +150,7 @@ class Kube:
         if secret is None:
             return None
         data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-        return str(secret.metadata.resource_version), data
+        return str(secret.metadata.resource_version if secret.metadata else ""), data
 
     async def node_exists(self, name: str) -> bool:
         try:

@@ -86,7 +86,7 @@ def uploader_pod(
                 "imagePullPolicy": config.image_pull_policy,
                 "command": list(config.command),
                 "args": args,
-                "env": [{"name": "HOME", "value": "/tmp"}],
+                "env": [{"name": "HOME", "value": "/tmp"}],  # noqa: S108 - an emptyDir
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
                     "readOnlyRootFilesystem": True,
@@ -102,7 +102,7 @@ def uploader_pod(
                 "volumeMounts": [
                     {"name": "recordings", "mountPath": MEDIA_MOUNT},
                     {"name": "batch", "mountPath": BATCH_MOUNT, "readOnly": True},
-                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir
                 ],
             }
         ],

@@ -238,7 +238,8 @@ def _manual_retry(rec: RecordingView, now: datetime, decision: Decision) -> None
         decision.status = {"retryRequest": asked, "phase": None, "message": "Manual retry"}
         decision.events.append(Event("Normal", "ManualRetry", "manual retry requested"))
         return
-    message = f"Manual retry requested ({RETRY_ANNOTATION}={asked}); queued for node {rec.spec.get('nodeName')}"
+    node = rec.spec.get("nodeName")
+    message = f"Manual retry requested ({RETRY_ANNOTATION}={asked}); queued for node {node}"
     decision.status = {
         "phase": Phase.PENDING.value,
         "retryRequest": asked,
@@ -318,7 +319,7 @@ def transient_failure(
     if decision.give_up:
         text = (
             f"Retried for {_human(policy.window)} without success; media kept on node {node}. "
-            f"Run `voicevault retry {status.get('sid', '')}` or annotate {RETRY_ANNOTATION} to try again"
+            f"Run `voicevault retry` or annotate {RETRY_ANNOTATION} to try again"
         )
         patch |= {"phase": Phase.CACHED.value, "nextRetryTime": None, "message": text}
         return patch, Event("Warning", "Cached", f"{text} (last error {code}: {message})")

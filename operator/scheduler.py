@@ -11,6 +11,7 @@ recordings it had not finished: never a silent loss.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -159,16 +160,14 @@ class Scheduler:
         if due is not None:
             timeout = min(timeout, max(0.05, (due - self.clock()).total_seconds()))
         self._wake.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-        except TimeoutError:
-            pass
 
     async def _tick(self) -> None:
         if self.active:
             await self._check_pods()
         now = self.clock()
-        launches = []
+        launches: list[Awaitable[None]] = []
         for node in self.queues.due_nodes(now):
             if node in self.active:
                 continue
@@ -256,7 +255,7 @@ class Scheduler:
                 "phase": Phase.SCHEDULED.value,
                 "upload": upload,
                 "attempts": entry.attempts + 1,
-                "message": f"In the batch of uploader pod {pod_name} (attempt {entry.attempts + 1})",
+                "message": f"In uploader pod {pod_name}'s batch (attempt {entry.attempts + 1})",
             }
         try:
             await self.kube.patch_status(
@@ -490,7 +489,7 @@ class Scheduler:
             return requeued(
                 "Back in the queue: the uploader pod stopped before this recording"
             ), None
-        if kind == "transient" or kind == "completed-unrecorded":
+        if kind in ("transient", "completed-unrecorded"):
             assert result is not None
             code, message = result.error_code or int(ErrorCode.UPLOAD_FAILED), result.message
         else:

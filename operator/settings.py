@@ -83,7 +83,11 @@ def evaluate(
     storage = spec.external_storage
     if not storage.enabled:
         return SettingEvaluation(True, "Disabled", "external storage is off", spec=spec)
-    assert storage.bucket_url is not None and storage.credential_ref is not None  # CEL rule
+    if storage.bucket_url is None or storage.credential_ref is None:
+        # the CRD's CEL rule refuses this; an older CRD might not have
+        return SettingEvaluation(
+            False, "InvalidSpec", "bucketUrl and credentialRef are required when enabled", spec=spec
+        )
     try:
         location = parse_bucket_url(
             storage.bucket_url, endpoint_url=storage.endpoint_url, region=storage.region

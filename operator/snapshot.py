@@ -48,7 +48,8 @@ def take_snapshot(
     if setting is None or location is None or not view.ready:
         raise SnapshotError("the storage setting is not ready")
     storage = setting.external_storage
-    assert storage.bucket_url is not None and storage.credential_ref is not None
+    if storage.bucket_url is None or storage.credential_ref is None:
+        raise SnapshotError("the storage setting has no bucket URL or credential")
     key = render_object_key(storage.object_key_template, location.prefix, spec, sid)
     callback = setting.status_callback
     signing = callback.signing_key_ref if callback else None

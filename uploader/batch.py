@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +48,7 @@ class BatchSettings:
     media_root: Path
     state_dir: Path
     concurrency: int = 4  # recordings at once
-    transfer: TransferConfig = TransferConfig(concurrency=2)
+    transfer: TransferConfig = field(default_factory=lambda: TransferConfig(concurrency=2))
     progress_interval: float = 10.0  # seconds between Uploading status writes
 
 
@@ -123,13 +123,13 @@ def _process(
         # not ours to delete: the path leads outside the namespace's folder
         error = fatal(ErrorCode.UPLOAD_FAILED, f"invalid media path: {exc}")
         return _report_failure(item, error, reporter, None, store, ctx)
-    except UploadError as error:
+    except UploadError as failure:
         media = _media_or_none(settings, item)
-        return _report_failure(item, error, reporter, media, store, ctx)
+        return _report_failure(item, failure, reporter, media, store, ctx)
     except Exception as exc:
-        error = classify(exc, "upload")
         log.exception("unexpected error", extra=ctx)
-        return _report_failure(item, error, reporter, _media_or_none(settings, item), store, ctx)
+        media = _media_or_none(settings, item)
+        return _report_failure(item, classify(exc, "upload"), reporter, media, store, ctx)
     elapsed = time.monotonic() - started
     log.info(
         "stored %d bytes in %.2fs (%d parts sent, %d skipped, %d re-sent)",

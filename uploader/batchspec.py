@@ -152,7 +152,7 @@ def _decode_one(code: str, messages: list[str]) -> ItemResult | None:
     kind = _CODE_KINDS[code[0]]
     rest, _, index = code[1:].partition(":")
     return ItemResult(
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         error_code=int(rest) if rest else None,
         message=messages[int(index)] if index else "",
     )

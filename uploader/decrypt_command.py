@@ -18,7 +18,7 @@ from pathlib import Path
 from voicevault.uploader import envelope
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-PASSWORD_ENV = "VOICEVAULT_KEY_PASSWORD"
+PASSWORD_ENV = "VOICEVAULT_KEY_PASSWORD"  # noqa: S105 - a variable name
 
 
 class UsageError(Exception):

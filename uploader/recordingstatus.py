@@ -133,7 +133,7 @@ class KubeStatusReporter:
 
     def _write_once(self, item: BatchItem, mutate: Mutation) -> bool:
         self.requests += 1
-        current = self.api.get_namespaced_custom_object_status(
+        current: dict[str, Any] = self.api.get_namespaced_custom_object_status(  # type: ignore[assignment]
             API_GROUP, API_VERSION, item.namespace, PLURAL, item.name
         )
         meta = current.get("metadata", {})

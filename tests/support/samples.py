@@ -1,0 +1,72 @@
+"""Valid example resources; tests derive invalid ones by changing one thing."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+CALL_SID = "CA" + "fedcba9876543210" * 2
+
+
+def credential(
+    name: str = "s3-writer", secret: str = "s3-writer-keys", **spec: Any
+) -> dict[str, Any]:
+    return {
+        "kind": "AwsCredential",
+        "metadata": {"name": name},
+        "spec": {"friendlyName": "recordings bucket", "secretRef": {"name": secret}, **spec},
+    }
+
+
+def setting(
+    bucket_url: str = "https://recordings.s3.eu-west-1.amazonaws.com/calls/",
+    credential_name: str = "s3-writer",
+    **storage: Any,
+) -> dict[str, Any]:
+    return {
+        "kind": "VoiceStorageSetting",
+        "metadata": {"name": "default"},
+        "spec": {
+            "externalStorage": {
+                "bucketUrl": bucket_url,
+                "credentialRef": {"name": credential_name},
+                **storage,
+            }
+        },
+    }
+
+
+def recording(
+    name: str = "call-1", node: str = "node-a", media_path: str = "2026/11/call-1.wav", **spec: Any
+) -> dict[str, Any]:
+    return {
+        "kind": "Recording",
+        "metadata": {"name": name},
+        "spec": {
+            "accountSid": ACCOUNT_SID,
+            "callSid": CALL_SID,
+            "source": "StartCallRecordingAPI",
+            "channels": 2,
+            "track": "both",
+            "startTime": "2026-11-25T10:00:00Z",
+            "duration": 42,
+            "nodeName": node,
+            "mediaPath": media_path,
+            **spec,
+        },
+    }
+
+
+def changed(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy with `path` (dotted, under the body) set to `value`, or removed if value is ...."""
+    out = copy.deepcopy(body)
+    *parents, last = path.split(".")
+    node = out
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is ...:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return out
