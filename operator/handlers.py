@@ -70,6 +70,11 @@ def register(registry: kopf.OperatorRegistry) -> None:
             return
         await controller.on_recording(body)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """The same credentials as the kubernetes client: in-cluster, else kubeconfig."""
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.probe(id="voicevault", registry=registry)
     def probe(memo: Any, **_: Any) -> dict[str, Any]:
         return _controller(memo).probe()

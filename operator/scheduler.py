@@ -99,8 +99,8 @@ class Scheduler:
         return self._ready
 
     def enqueue(self, entry: QueueEntry) -> None:
-        if any(e.uid == entry.uid for pod in self.active.values() for e in pod.items):
-            return  # its pod's outcome will decide what comes next
+        """Queue work for the entry's node. While that node's pod runs nothing is launched
+        there, and a stale entry is dropped when marking it Scheduled fails (409)."""
         self.queues.put(entry)
         self._wake.set()
 

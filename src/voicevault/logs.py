@@ -35,6 +35,17 @@ def scrub(text: str) -> str:
     return text
 
 
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """Context passed with `extra=`: plain values only (libraries pass whole objects)."""
+    return {
+        key: value
+        for key, value in vars(record).items()
+        if key not in _STANDARD
+        and not key.startswith("_")
+        and isinstance(value, str | int | float | bool | type(None))
+    }
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -43,9 +54,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        entry.update(_extras(record))
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
         return scrub(json.dumps(entry, default=str))
@@ -55,11 +64,7 @@ class PlainFormatter(logging.Formatter):
     """For people at a terminal: `level logger: message key=value ...`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(
-            f"{k}={v}"
-            for k, v in vars(record).items()
-            if k not in _STANDARD and not k.startswith("_")
-        )
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
         line = f"{record.levelname.lower():7} {record.name}: {record.getMessage()}"
         return scrub(f"{line} {extras}" if extras else line)
 
@@ -72,5 +77,8 @@ def setup(level: str = "info", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # third-party chatter stays at warning unless we are debugging
+    quiet = "DEBUG" if level == "debug" else "WARNING"
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "kubernetes", "aiohttp"):
-        logging.getLogger(noisy).setLevel("DEBUG" if level == "debug" else "WARNING")
+        logging.getLogger(noisy).setLevel(quiet)
+    # kopf reports every handler call at info; ours log what matters themselves
+    logging.getLogger("kopf.objects").setLevel(quiet)

@@ -3,6 +3,7 @@ and neither the secret key nor the content key shows up in any output."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -118,7 +119,7 @@ def test_sigkill_then_resume_sends_only_missing_parts(
     assert s3_account.secret_access_key not in outputs
     if raw_key:
         assert raw_key not in outputs
-        assert envelope.base64.b64decode(raw_key).hex() not in outputs
+        assert base64.b64decode(raw_key).hex() not in outputs
 
 
 def test_orphan_upload_from_a_crash_before_the_state_was_saved_is_aborted(

@@ -58,23 +58,27 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def as_dict(value: object) -> dict[str, Any]:
+    """The kubernetes client types custom objects as `object`; they are JSON dicts."""
+    assert isinstance(value, dict)
+    return value
+
+
 def custom(api: Any) -> k8s.CustomObjectsApi:
     return k8s.CustomObjectsApi(api)
 
 
 def get(api: Any, plural: str, namespace: str, name: str) -> dict[str, Any]:
-    result: dict[str, Any] = custom(api).get_namespaced_custom_object(
-        API_GROUP, API_VERSION, namespace, plural, name
+    return as_dict(
+        custom(api).get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural, name)
     )
-    return result
 
 
 def create(api: Any, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", **body}
-    result: dict[str, Any] = custom(api).create_namespaced_custom_object(
-        API_GROUP, API_VERSION, namespace, plural, body
+    return as_dict(
+        custom(api).create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural, body)
     )
-    return result
 
 
 def apply_crds(kubeconfig: Path) -> None:

@@ -308,7 +308,7 @@ def test_public_key_sid_shape_and_uniqueness(
 
 
 def _invalid_keys() -> list[object]:
-    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     edwards = ed25519.Ed25519PrivateKey.generate().public_key()
     return [
         pytest.param("garbage", "not PEM", id="garbage"),

@@ -1,0 +1,407 @@
+"""The whole loop on one machine: apiserver, S3, the operator, fake nodes, accounts.
+
+Used by the end-to-end tests and by the local demo. Everything is real except the
+kubelet, which `tests.bed.kubelet.FakeKubelet` stands in for (there is no container
+runtime here): it runs each uploader pod's command as a local process.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+
+from tests.bed import binaries
+from tests.bed.controlplane import ControlPlane, api_client
+from tests.bed.kubelet import FakeKubelet
+from tests.bed.processes import ManagedProcess, free_port, wait_until
+from tests.bed.s3_common import S3Account, S3Server
+from tests.support.keys import KeyPair, key_pair
+from tests.support.kube import apply_crds, as_dict, kubectl, wait_for
+from voicevault import API_GROUP, API_VERSION
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_NAMESPACE = "voicevault-system"
+RELEASE = "voicevault"
+HOST_PATH = "/var/lib/voicevault/recordings"
+OPERATOR_USER = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{RELEASE}-operator"
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+
+
+@dataclass
+class Account:
+    """One tenant: a namespace with its Secret, AwsCredential and VoiceStorageSetting."""
+
+    namespace: str
+    s3: S3Account
+    keys: KeyPair | None
+    callback_url: str | None = None
+    signing_key: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class OperatorProcess:
+    """`voicevault operator` as a real process with its own identity and ports."""
+
+    def __init__(
+        self, kubeconfig: Path, workdir: Path, extra_args: list[str] | None = None
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.workdir = workdir
+        self.extra_args = list(extra_args or [])
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.process: ManagedProcess | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "operator.log"
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "voicevault",
+            "operator",
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--uploader-namespace",
+            SYSTEM_NAMESPACE,
+            "--uploader-service-account",
+            f"{RELEASE}-uploader",
+            "--recordings-host-path",
+            HOST_PATH,
+            "--poll-interval",
+            "0.3",
+            "--pod-start-timeout",
+            "20",
+            "--progress-interval",
+            "1",
+            "--validation-interval",
+            "600",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--health-port",
+            str(self.health_port),
+            "--bind-address",
+            "127.0.0.1",
+            "--log-format",
+            "json",
+            *self.extra_args,
+        ]
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
+        self.process = ManagedProcess(self.argv(), self.log_path, env=env, cwd=self.workdir)
+        self.starts += 1
+        wait_until(self._healthy, timeout=60, what="operator /healthz", process=self.process)
+
+    def _healthy(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(15)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no cleanup handler runs."""
+        if self.process is not None and self.process.alive:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            wait_until(lambda: not self.alive, timeout=10, what="operator to die")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
+            return str(r.read().decode())
+
+
+class Stack:
+    """Bring-up and helpers; `start()` once, then create accounts and recordings."""
+
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        s3: S3Server,
+        workdir: Path,
+        nodes: tuple[str, ...] = ("node-a", "node-b"),
+        operator_args: list[str] | None = None,
+    ) -> None:
+        self.cp = control_plane
+        self.s3 = s3
+        self.workdir = workdir
+        self.nodes = nodes
+        self.api = api_client(control_plane.admin_kubeconfig)
+        self.core = k8s.CoreV1Api(self.api)
+        self.custom = k8s.CustomObjectsApi(self.api)
+        self.operator = OperatorProcess(
+            control_plane.kubeconfig_for(
+                OPERATOR_USER, ["system:serviceaccounts", "system:authenticated"]
+            ),
+            workdir,
+            operator_args,
+        )
+        self.kubelet = FakeKubelet(control_plane.admin_kubeconfig, workdir / "kubelet", list(nodes))
+
+    # -- bring-up ------------------------------------------------------------------------
+
+    def start(self) -> Stack:
+        apply_crds(self.cp.admin_kubeconfig)
+        self._install_rbac()
+        self.kubelet.start()
+        self.operator.start()
+        return self
+
+    def stop(self) -> None:
+        self.operator.stop()
+        self.kubelet.stop()
+        self.api.close()
+
+    def _install_rbac(self) -> None:
+        self._ensure_namespace(
+            SYSTEM_NAMESPACE, {"pod-security.kubernetes.io/enforce": "privileged"}
+        )
+        rendered = subprocess.run(
+            [
+                str(binaries.helm()),
+                "template",
+                RELEASE,
+                str(REPO / "charts" / "voicevault"),
+                "--namespace",
+                SYSTEM_NAMESPACE,
+                "--show-only",
+                "templates/rbac-operator.yaml",
+                "--show-only",
+                "templates/rbac-uploader.yaml",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        kubectl(self.cp.admin_kubeconfig, "apply", "-f", "-", input_text=rendered)
+
+    def _ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        try:
+            self.core.create_namespace(
+                k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name, labels=labels))
+            )
+        except k8s.ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    # -- accounts --------------------------------------------------------------------------
+
+    def add_account(
+        self,
+        *,
+        namespace: str | None = None,
+        encrypted: bool = False,
+        endpoint: str | None = None,
+        callback_url: str | None = None,
+        signing_key: str | None = None,
+        retry: dict[str, int] | None = None,
+        secret_access_key: str | None = None,
+        wait_ready: bool = True,
+    ) -> Account:
+        namespace = namespace or f"acct-{uuid.uuid4().hex[:8]}"
+        self._ensure_namespace(namespace)
+        bucket = self.s3.add_bucket(f"rec-{uuid.uuid4().hex[:12]}", "calls/")
+        pair = key_pair() if encrypted else None
+        secret_data = {
+            "AWS_ACCESS_KEY_ID": bucket.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": secret_access_key or bucket.secret_access_key,
+        }
+        if signing_key:
+            secret_data["authToken"] = signing_key
+        self.core.create_namespaced_secret(
+            namespace,
+            k8s.V1Secret(
+                metadata=k8s.V1ObjectMeta(name="s3-writer-keys"),
+                data={k: base64.b64encode(v.encode()).decode() for k, v in secret_data.items()},
+            ),
+        )
+        self.create(
+            namespace,
+            "awscredentials",
+            {
+                "metadata": {"name": "s3-writer"},
+                "spec": {"secretRef": {"name": "s3-writer-keys"}},
+            },
+        )
+        setting = self.setting_body(
+            bucket,
+            endpoint=endpoint,
+            encrypted=pair,
+            callback_url=callback_url,
+            signing_key=bool(signing_key),
+            retry=retry,
+        )
+        self.create(namespace, "voicestoragesettings", setting)
+        account = Account(namespace, bucket, pair, callback_url, signing_key)
+        if wait_ready:
+            self.wait_condition(namespace, "voicestoragesettings", "default", "Ready")
+        return account
+
+    def setting_body(
+        self,
+        bucket: S3Account,
+        *,
+        endpoint: str | None = None,
+        encrypted: KeyPair | None = None,
+        callback_url: str | None = None,
+        signing_key: bool = False,
+        retry: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "externalStorage": {
+                # the customer's AWS-style URL; requests go to the local S3 (endpoint override)
+                "bucketUrl": f"https://{bucket.bucket}.s3.{bucket.region}.amazonaws.com/{bucket.prefix}",
+                "endpointUrl": endpoint or bucket.endpoint_url,
+                "credentialRef": {"name": "s3-writer"},
+            },
+            "retry": retry
+            or {"windowSeconds": 7200, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2},
+        }
+        if encrypted is not None:
+            spec["encryption"] = {"publicKey": encrypted.public_pem.decode()}
+        if callback_url:
+            spec["statusCallback"] = {"url": callback_url}
+            if signing_key:
+                spec["statusCallback"]["signingKeyRef"] = {
+                    "name": "s3-writer-keys",
+                    "key": "authToken",
+                }
+        return {"metadata": {"name": "default"}, "spec": spec}
+
+    # -- objects -----------------------------------------------------------------------------
+
+    def create(self, namespace: str, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        kind = {
+            "awscredentials": "AwsCredential",
+            "voicestoragesettings": "VoiceStorageSetting",
+            "recordings": "Recording",
+        }[plural]
+        full = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": kind, **body}
+        return as_dict(
+            self.custom.create_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, plural, full
+            )
+        )
+
+    def get(self, namespace: str, plural: str, name: str) -> dict[str, Any]:
+        return as_dict(
+            self.custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, plural, name
+            )
+        )
+
+    def media_file(self, node: str, namespace: str, rel: str) -> Path:
+        return self.kubelet.node_dir(node) / HOST_PATH.lstrip("/") / namespace / rel
+
+    def put_media(self, node: str, namespace: str, rel: str, data: bytes) -> Path:
+        path = self.media_file(node, namespace, rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def record(
+        self,
+        account: Account,
+        name: str,
+        data: bytes,
+        *,
+        node: str | None = None,
+        callback_url: str | None = None,
+        media_path: str | None = None,
+    ) -> dict[str, Any]:
+        """Put media on a node and create its Recording."""
+        node = node or self.nodes[0]
+        rel = media_path or f"2026/11/{name}.wav"
+        self.put_media(node, account.namespace, rel, data)
+        spec: dict[str, Any] = {
+            "accountSid": ACCOUNT_SID,
+            "callSid": "CA" + uuid.uuid4().hex,
+            "source": "StartCallRecordingAPI",
+            "channels": 1,
+            "startTime": "2026-11-25T10:00:00Z",
+            "duration": 7,
+            "nodeName": node,
+            "mediaPath": rel,
+        }
+        if callback_url:
+            spec["statusCallback"] = {"url": callback_url}
+        return self.create(
+            account.namespace, "recordings", {"metadata": {"name": name}, "spec": spec}
+        )
+
+    def wait_phase(
+        self, namespace: str, name: str, *phases: str, timeout: float = 60
+    ) -> dict[str, Any]:
+        seen: list[dict[str, Any]] = []
+
+        def reached() -> dict[str, Any] | None:
+            body = self.get(namespace, "recordings", name)
+            seen[:] = [body.get("status") or {}]
+            return body if seen[0].get("phase") in phases else None
+
+        try:
+            return wait_for(reached, timeout=timeout, what=f"{namespace}/{name} to reach {phases}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; status: {seen[0] if seen else None}") from None
+
+    def wait_condition(
+        self,
+        namespace: str,
+        plural: str,
+        name: str,
+        type_: str,
+        status: str = "True",
+        timeout: float = 60,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            body = self.get(namespace, plural, name)
+            for cond in (body.get("status") or {}).get("conditions") or []:
+                if (
+                    cond.get("type") == type_
+                    and cond.get("status") == status
+                    and reason in (None, cond.get("reason"))
+                ):
+                    return body
+            return None
+
+        return wait_for(reached, timeout=timeout, what=f"{plural}/{name} {type_}={status}")
+
+    def object_bytes(self, account: Account, key: str) -> bytes:
+        body: bytes = (
+            self.s3.admin_client().get_object(Bucket=account.s3.bucket, Key=key)["Body"].read()
+        )
+        return body
+
+    def open_uploads(self, account: Account) -> list[dict[str, Any]]:
+        page = self.s3.admin_client().list_multipart_uploads(Bucket=account.s3.bucket)
+        return [dict(u) for u in page.get("Uploads", [])]
+
+    def events(self, namespace: str) -> list[k8s.CoreV1Event]:
+        return list(self.core.list_namespaced_event(namespace).items)
+
+    def uploader_pods(self) -> list[k8s.V1Pod]:
+        return list(self.core.list_namespaced_pod(SYSTEM_NAMESPACE).items)

@@ -1,0 +1,46 @@
+"""One whole stack per test session (per xdist worker): apiserver, moto, operator, nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.bed.controlplane import ControlPlane
+from tests.bed.faultproxy import FaultProxy
+from tests.bed.s3_moto import MotoS3
+from tests.bed.stack import Stack
+from tests.support.callbacks import CallbackReceiver
+
+
+@pytest.fixture(scope="session")
+def stack(
+    control_plane: ControlPlane, moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    s = Stack(control_plane, moto_s3, tmp_path_factory.mktemp("stack")).start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def live_stack(stack: Stack) -> Stack:
+    """The stack with its operator running (a test before may have killed it)."""
+    if not stack.operator.alive:
+        stack.operator.start()
+    return stack
+
+
+@pytest.fixture
+def callbacks() -> Iterator[CallbackReceiver]:
+    receiver = CallbackReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def proxy(moto_s3: MotoS3) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the stack's S3."""
+    with FaultProxy(moto_s3.endpoint_url) as p:
+        yield p

@@ -1,0 +1,136 @@
+"""Transient faults end Cached with the media kept (then a manual retry works); fatal
+errors end Failed with the media deleted and no retries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.bed.faultproxy import FaultProxy, Respond, Rule
+from tests.bed.stack import Stack
+
+pytestmark = [pytest.mark.kube, pytest.mark.s3, pytest.mark.slow]
+SHORT_WINDOW = {"windowSeconds": 6, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2}
+
+
+def test_slowdown_past_the_window_caches_then_manual_retry_completes(
+    live_stack: Stack, proxy: FaultProxy
+) -> None:
+    account = live_stack.add_account(endpoint=proxy.url, retry=SHORT_WINDOW)
+    proxy.add_rule(Rule(action=Respond(503, "SlowDown", "Please reduce your request rate.")))
+    live_stack.record(account, "busy", os.urandom(50_000))
+    media = live_stack.media_file("node-a", account.namespace, "2026/11/busy.wav")
+
+    cached = live_stack.wait_phase(account.namespace, "busy", "Cached", timeout=60)["status"]
+    assert media.exists(), "Cached means the media is still on its node"
+    assert cached["errorCode"] == 16111 and cached["errorClass"] == "Transient"
+    assert "SlowDown" in cached["errorMessage"]
+    assert cached["attempts"] >= 2, "it was retried inside the window"
+    reasons = {e.reason for e in live_stack.events(account.namespace)}
+    assert {"UploadFailed", "Cached"} <= reasons
+
+    proxy.clear_rules()
+    retry = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voicevault",
+            "retry",
+            "busy",
+            "-n",
+            account.namespace,
+            "--kubeconfig",
+            str(live_stack.cp.admin_kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert retry.returncode == 0, retry.stderr
+    done = live_stack.wait_phase(account.namespace, "busy", "Completed", timeout=60)["status"]
+    assert not media.exists()
+    assert "errorCode" not in done, "a stale error is cleared on success"
+    assert "ManualRetry" in {e.reason for e in live_stack.events(account.namespace)}
+
+
+def test_retry_all_cached(live_stack: Stack, proxy: FaultProxy) -> None:
+    account = live_stack.add_account(endpoint=proxy.url, retry=SHORT_WINDOW)
+    proxy.add_rule(Rule(action=Respond(500, "InternalError", "oops")))
+    for name in ("one", "two"):
+        live_stack.record(account, name, os.urandom(1000))
+    for name in ("one", "two"):
+        live_stack.wait_phase(account.namespace, name, "Cached", timeout=60)
+    proxy.clear_rules()
+    retry = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voicevault",
+            "retry",
+            "--all-cached",
+            "-n",
+            account.namespace,
+            "--kubeconfig",
+            str(live_stack.cp.admin_kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert retry.returncode == 0, retry.stderr
+    assert retry.stdout.count("retry requested") == 2
+    for name in ("one", "two"):
+        live_stack.wait_phase(account.namespace, name, "Completed", timeout=60)
+
+
+def test_wrong_credentials_fail_at_once_and_delete_the_media(live_stack: Stack) -> None:
+    account = live_stack.add_account(secret_access_key="not-the-right-secret-at-all-0000000000")
+    live_stack.wait_condition(
+        account.namespace, "voicestoragesettings", "default", "Validated", status="False"
+    )
+    live_stack.record(account, "denied", os.urandom(2000))
+    media = live_stack.media_file("node-a", account.namespace, "2026/11/denied.wav")
+    status = live_stack.wait_phase(account.namespace, "denied", "Failed", "Completed", timeout=60)[
+        "status"
+    ]
+    assert status["phase"] == "Failed"
+    assert status["errorCode"] == 16112 and status["errorClass"] == "Fatal"
+    assert status["attempts"] == 1, "no retries after a fatal error"
+    assert not media.exists(), "fatal: the media is deleted immediately"
+    assert "nextRetryTime" not in status
+
+
+def test_bad_public_key_in_the_setting_is_reported_before_anything_is_uploaded(
+    live_stack: Stack,
+) -> None:
+    account = live_stack.add_account(wait_ready=False)
+    live_stack.custom.patch_namespaced_custom_object(
+        "voicevault.io",
+        "v1alpha1",
+        account.namespace,
+        "voicestoragesettings",
+        "default",
+        {
+            "spec": {
+                "encryption": {
+                    "publicKey": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+                }
+            }
+        },
+    )
+    body = live_stack.wait_condition(
+        account.namespace,
+        "voicestoragesettings",
+        "default",
+        "Ready",
+        status="False",
+        reason="InvalidPublicKey",
+    )
+    ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
+    assert "key" in ready["message"].lower()
+    assert ready["observedGeneration"] == body["metadata"]["generation"]

@@ -1,0 +1,70 @@
+"""Recording → Completed through the real loop: operator, uploader pod, S3, callback."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.bed.stack import Stack
+from tests.support.callbacks import CallbackReceiver, Received
+from tests.support.kube import wait_for
+from voicevault.operator.signature import verify_twilio_signature
+from voicevault.uploader import envelope
+
+pytestmark = [pytest.mark.kube, pytest.mark.s3, pytest.mark.slow]
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_recording_is_stored_deleted_locally_and_called_back(
+    live_stack: Stack, callbacks: CallbackReceiver, encrypted: bool
+) -> None:
+    account = live_stack.add_account(
+        encrypted=encrypted, callback_url=callbacks.url(), signing_key="auth-token-123456"
+    )
+    data = os.urandom(300_000)
+    live_stack.record(account, "call-1", data)
+    media = live_stack.media_file("node-a", account.namespace, "2026/11/call-1.wav")
+
+    body = live_stack.wait_phase(account.namespace, "call-1", "Completed", "Failed", timeout=90)
+    status = body["status"]
+    assert status["phase"] == "Completed", status
+    key = status["storage"]["objectKey"]
+    assert status["mediaUrl"] == f"https://{account.s3.bucket}.s3.us-east-1.amazonaws.com/{key}"
+    assert not media.exists(), "local media deleted after success"
+    stored = live_stack.object_bytes(account, key)
+    if encrypted:
+        assert account.keys is not None
+        details = envelope.EncryptionDetails.from_mapping(status["encryptionDetails"])
+        content_key = envelope.open_content_key(account.keys.private_pem, details)
+        import io
+
+        out = io.BytesIO()
+        envelope.decrypt_stream(content_key, io.BytesIO(stored), out, len(stored))
+        assert out.getvalue() == data
+    else:
+        assert stored == data and "encryptionDetails" not in status
+
+    def delivered() -> list[Received]:
+        return callbacks.for_recording(status["sid"])
+
+    calls = wait_for(delivered, timeout=30, what="the status callback")
+    call = calls[0]
+    assert call.params["RecordingUrl"] == status["mediaUrl"]
+    assert call.params["RecordingStatus"] == "completed"
+    assert verify_twilio_signature(
+        "auth-token-123456", callbacks.url(), call.params, call.headers["X-Twilio-Signature"]
+    )
+    if encrypted:
+        assert (
+            json.loads(call.params["EncryptionDetails"])["public_key_sid"]
+            == status["encryptionDetails"]["publicKeySid"]
+        )
+    settled = live_stack.wait_condition(
+        account.namespace, "recordings", "call-1", "CallbackDelivered"
+    )
+    assert any(
+        c["type"] == "Stored" and c["status"] == "True" for c in settled["status"]["conditions"]
+    )
+    assert live_stack.open_uploads(account) == []

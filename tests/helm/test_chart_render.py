@@ -1,0 +1,298 @@
+"""The chart offline: lint, render with default and non-default values, schema errors."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helm.chart import (
+    APP_VERSION,
+    CHART,
+    PSA_LABEL,
+    SCHEMA_ERROR,
+    Helm,
+    container_args,
+    find,
+    kinds,
+)
+from voicevault.operator.command import config_from, configure
+
+pytestmark = pytest.mark.helm
+
+RELEASE_NS = "voicevault-system"
+NON_DEFAULT = [
+    "uploader.namespace=vv-uploads",
+    "uploader.createNamespace=true",
+    "uploader.recordingsHostPath=/data/recordings",
+    "uploader.runAsUser=2000",
+    "uploader.runAsGroup=3000",
+    "uploader.batchSize=10",
+    "uploader.maxActivePods=7",
+    "uploader.concurrency=8",
+    "uploader.partConcurrency=3",
+    "uploader.podStartTimeout=120",
+    "uploader.memoryLimit=256Mi",
+    "operator.logLevel=debug",
+    "operator.logFormat=plain",
+    "operator.validationInterval=600",
+    "operator.watchNamespaces={acme-recordings,globex-recordings}",
+    "operator.extraArgs={--poll-interval=5}",
+    "image.repository=registry.example/vv",
+    "image.tag=1.2.3",
+    "image.pullPolicy=Always",
+    "imagePullSecrets[0].name=regcred",
+    "metrics.port=9100",
+    "health.port=9101",
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.serviceMonitor.labels.release=prometheus",
+]
+DEFAULT_KINDS = sorted(
+    ["ServiceAccount"] * 2
+    + ["ClusterRole", "ClusterRoleBinding"] * 2
+    + ["Role", "RoleBinding", "Service", "Deployment"]
+)
+
+
+def operator_args(deployment: dict[str, Any]) -> argparse.Namespace:
+    """The Deployment's arguments, parsed by the operator's real command line."""
+    args = container_args(deployment)
+    assert args[0] == "operator"
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    configure(parser)
+    return parser.parse_args(args[1:])
+
+
+def test_lint_default_and_non_default(helm_cli: Helm) -> None:
+    for sets in ([], NON_DEFAULT):
+        argv = ["lint", "--strict", str(CHART), "--namespace", RELEASE_NS]
+        for item in sets:
+            argv += ["--set", item]
+        out = helm_cli.run(*argv)
+        assert "0 chart(s) failed" in out.stdout
+
+
+def test_default_values_render_the_operator(helm_cli: Helm) -> None:
+    docs = helm_cli.render(extra=["--skip-tests"])
+    assert kinds(docs) == DEFAULT_KINDS  # no Namespace, no ServiceMonitor by default
+    deploy = find(docs, "Deployment", "voicevault")
+    spec = deploy["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == f"ghcr.io/voicevault/voicevault:{APP_VERSION}"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+
+    # the arguments are real flags of `voicevault operator`, with the chart's defaults
+    args = operator_args(deploy)
+    config = config_from(args)
+    assert config.pods.namespace == RELEASE_NS  # empty uploader.namespace: the release's
+    assert config.pods.image == container["image"]
+    assert config.pods.service_account == "voicevault-uploader"
+    assert config.pods.recordings_host_path == "/var/lib/voicevault/recordings"
+    assert (config.pods.run_as_user, config.pods.run_as_group) == (10001, 10001)
+    assert (config.batch_size, config.max_active_pods) == (50, 50)
+    assert (config.pods.concurrency, config.pods.part_concurrency) == (4, 2)
+    assert config.validation_interval == 1800
+    assert (args.metrics_port, args.health_port) == (8080, 8081)
+    assert (args.log_level, args.log_format, args.namespace) == ("info", "json", None)
+
+    # the service accounts the Deployment and the flags name are the ones RBAC binds
+    assert pod["serviceAccountName"] == "voicevault-operator"
+    bound = {
+        d["metadata"]["name"]: d["subjects"][0]["name"]
+        for d in docs
+        if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
+    }
+    assert bound == {
+        "voicevault-operator": "voicevault-operator",
+        "voicevault-uploader": "voicevault-uploader",
+        "voicevault-operator-uploads": "voicevault-operator",
+    }
+    role = find(docs, "Role", "voicevault-operator-uploads")
+    assert role["metadata"]["namespace"] == RELEASE_NS
+
+    service = find(docs, "Service", "voicevault")
+    assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+
+
+def test_operator_pod_is_locked_down(helm_cli: Helm) -> None:
+    """What "restricted" demands, plus a read-only root filesystem (not part of it)."""
+    deploy = find(helm_cli.render(extra=["--skip-tests"]), "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert all("hostPath" not in volume for volume in pod["volumes"])
+
+
+def test_non_default_values_render(helm_cli: Helm) -> None:
+    docs = helm_cli.render(sets=NON_DEFAULT, extra=["--skip-tests"])
+    assert kinds(docs) == sorted([*DEFAULT_KINDS, "Namespace", "ServiceMonitor"])
+
+    namespace = find(docs, "Namespace", "vv-uploads")
+    assert namespace["metadata"]["labels"][PSA_LABEL] == "privileged"
+    for kind, name in (
+        ("ServiceAccount", "voicevault-uploader"),
+        ("Role", "voicevault-operator-uploads"),
+        ("RoleBinding", "voicevault-operator-uploads"),
+    ):
+        assert find(docs, kind, name)["metadata"]["namespace"] == "vv-uploads"
+    uploader_sa = find(docs, "ServiceAccount", "voicevault-uploader")
+    assert uploader_sa["imagePullSecrets"] == [{"name": "regcred"}]
+    assert find(docs, "ServiceAccount", "voicevault-operator")["metadata"]["namespace"] == (
+        RELEASE_NS
+    )
+
+    deploy = find(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example/vv:1.2.3"
+    assert container["imagePullPolicy"] == "Always"
+    args = operator_args(deploy)
+    config = config_from(args)
+    assert config.pods.namespace == "vv-uploads"
+    assert config.pods.image == "registry.example/vv:1.2.3"
+    assert config.pods.image_pull_policy == "Always"
+    assert config.pods.recordings_host_path == "/data/recordings"
+    assert (config.pods.run_as_user, config.pods.run_as_group) == (2000, 3000)
+    assert config.pods.memory_limit == "256Mi"
+    assert (config.pods.concurrency, config.pods.part_concurrency) == (8, 3)
+    assert (config.batch_size, config.max_active_pods) == (10, 7)
+    assert (config.pod_start_timeout, config.validation_interval) == (120, 600)
+    assert config.poll_interval == 5
+    assert config.pods.log_level == "debug"
+    assert args.namespace == ["acme-recordings", "globex-recordings"]
+    assert (args.log_level, args.log_format) == ("debug", "plain")
+    assert (args.metrics_port, args.health_port) == (9100, 9101)
+
+    monitor = find(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    service = find(docs, "Service")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+        "metrics": 9100,
+        "health": 9101,
+    }
+
+
+def test_rbac_files_render_alone(helm_cli: Helm) -> None:
+    """tests/bed/stack.py installs exactly these two files."""
+    docs = helm_cli.render(
+        extra=[
+            "--show-only",
+            "templates/rbac-operator.yaml",
+            "--show-only",
+            "templates/rbac-uploader.yaml",
+        ]
+    )
+    assert kinds(docs) == sorted(
+        ["ServiceAccount"] * 2 + ["ClusterRole", "ClusterRoleBinding"] * 2 + ["Role", "RoleBinding"]
+    )
+
+
+def test_release_name_without_voicevault_is_prefixed(helm_cli: Helm) -> None:
+    docs = helm_cli.render(release="acme", extra=["--skip-tests"])
+    deploy = find(docs, "Deployment", "acme-voicevault")
+    assert operator_args(deploy).uploader_service_account == "acme-voicevault-uploader"
+    find(docs, "ServiceAccount", "acme-voicevault-uploader")
+
+
+def test_helm_test_hook_renders(helm_cli: Helm) -> None:
+    docs = helm_cli.render(extra=["--show-only", "templates/tests/test-operator.yaml"])
+    assert kinds(docs) == ["Pod", "ServiceAccount"]
+    pod = find(docs, "Pod", "voicevault-test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["serviceAccountName"] == "voicevault-test"
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["HEALTH_URL"] == "http://voicevault.voicevault-system.svc:8081/healthz"
+    assert container["command"] == ["python", "-c"]
+    compile(container["args"][0], "helm-test", "exec")  # valid Python
+    # plain manifests must not carry it
+    skipped = helm_cli.render(extra=["--skip-tests"])
+    assert all("helm.sh/hook" not in (d["metadata"].get("annotations") or {}) for d in skipped)
+
+
+BAD_VALUES = [
+    ("uploader.runAsUser=-1", "uploader.runAsUser: Must be greater than or equal to 1"),
+    ("uploader.runAsGroup=0", "uploader.runAsGroup: Must be greater than or equal to 1"),
+    (
+        "operator.logLevel=loud",
+        'operator.logLevel must be one of the following: "debug", "info", "warning", "error"',
+    ),
+    ("operator.logFormat=xml", 'operator.logFormat must be one of the following: "json"'),
+    ("image.pullPolicy=Sometimes", "image.pullPolicy must be one of the following"),
+    ("operator.verbose=true", "operator: Additional property verbose is not allowed"),
+    ("replicaCount=2", "Additional property replicaCount is not allowed"),
+    ("uploader.batchSize=0", "uploader.batchSize: Must be greater than or equal to 1"),
+    ("uploader.batchSize=51", "uploader.batchSize: Must be less than or equal to 50"),
+    ("metrics.port=70000", "metrics.port: Must be less than or equal to 65535"),
+    ("uploader.concurrency=four", "uploader.concurrency: Invalid type. Expected: integer"),
+    ("uploader.recordingsHostPath=recordings", "uploader.recordingsHostPath: Does not match"),
+    ("uploader.recordingsHostPath=/var/../etc", "uploader.recordingsHostPath: Does not match"),
+    ("uploader.recordingsHostPath=/", "uploader.recordingsHostPath: Does not match"),
+    ("uploader.memoryLimit=lots", "uploader.memoryLimit: Does not match"),
+    ("uploader.namespace=Not_A_Namespace", "uploader.namespace"),
+    ("uploader.createNamespace=true", "uploader.namespace: Does not match pattern"),
+    ("operator.watchNamespaces={UPPER}", "operator.watchNamespaces.0: Does not match pattern"),
+    ("metrics.serviceMonitor.interval=often", "metrics.serviceMonitor.interval: Does not match"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_VALUES, ids=[v for v, _ in BAD_VALUES])
+def test_bad_values_are_rejected_by_the_schema(helm_cli: Helm, value: str, message: str) -> None:
+    out = helm_cli.template(sets=[value], check=False)
+    assert out.returncode != 0
+    assert SCHEMA_ERROR in out.stderr
+    assert message in out.stderr, out.stderr
+    assert not out.stdout.strip()
+
+
+def test_created_uploader_namespace_must_differ_from_the_release_namespace(
+    helm_cli: Helm,
+) -> None:
+    out = helm_cli.template(
+        sets=[f"uploader.namespace={RELEASE_NS}", "uploader.createNamespace=true"], check=False
+    )
+    assert out.returncode != 0
+    assert "uploader.createNamespace: set uploader.namespace to a namespace other than" in (
+        out.stderr
+    )
+
+
+def _leaf_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key not in ("resources", "labels"):
+            keys += _leaf_keys(value, f"{path}.")
+        else:
+            keys.append(path)
+    return keys
+
+
+def test_readme_documents_every_value() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `"))
+    documented = set(re.findall(r"`([a-zA-Z.]+)`", table))
+    missing = [key for key in _leaf_keys(values) if key not in documented]
+    assert not missing, f"chart README values table lacks {missing}"

@@ -1,0 +1,217 @@
+"""The Recording rules (operator/recordings.py): pure decisions, fixed clocks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.support import samples
+from voicevault.crds.recording import FINALIZER, RETRY_ANNOTATION
+from voicevault.operator import settings
+from voicevault.operator.recordings import RecordingView, reconcile, transient_failure
+from voicevault.operator.settings import CredentialView, SettingView
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+UID = "0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+CREDENTIAL = CredentialView(
+    "acct", "s3-writer", "CR" + "1" * 32, True, "ok", "keys", "A", "B", None
+)
+
+
+def _setting(**storage: Any) -> SettingView:
+    body = samples.setting(**storage)
+    evaluation = settings.evaluate("acct", body["spec"], CREDENTIAL)
+    return SettingView(
+        "acct",
+        3,
+        evaluation.spec,
+        evaluation.location,
+        evaluation.public_key_sid,
+        evaluation.ready,
+        evaluation.reason,
+        evaluation.message,
+    )
+
+
+def _rec(
+    status: dict[str, Any] | None = None,
+    *,
+    finalizers: tuple[str, ...] = (FINALIZER,),
+    deleting: bool = False,
+    annotations: dict[str, str] | None = None,
+    created: datetime = NOW,
+) -> RecordingView:
+    body = samples.recording()
+    return RecordingView(
+        namespace="acct",
+        name="call-1",
+        uid=UID,
+        generation=1,
+        resource_version="7",
+        created=created,
+        deleting=deleting,
+        finalizers=finalizers,
+        annotations=annotations or {},
+        spec=body["spec"],
+        status=status or {},
+    )
+
+
+def _accepted(setting: SettingView | None = None) -> dict[str, Any]:
+    decision = reconcile(_rec(), setting or _setting(), NOW)
+    assert decision.status is not None
+    return decision.status
+
+
+def test_new_recording_gets_finalizer_sid_snapshot_and_is_queued() -> None:
+    decision = reconcile(_rec(finalizers=()), _setting(), NOW)
+    assert decision.add_finalizer
+    assert decision.status is not None
+    assert decision.status["sid"] == "RE" + UID.replace("-", "")
+    assert decision.status["phase"] == "Pending"
+    storage = decision.status["storage"]
+    assert storage["bucket"] == "recordings" and storage["region"] == "eu-west-1"
+    assert storage["objectKey"] == f"calls/{samples.ACCOUNT_SID}/{decision.status['sid']}.wav"
+    assert (
+        storage["mediaUrl"]
+        == "https://recordings.s3.eu-west-1.amazonaws.com/" + storage["objectKey"]
+    )
+    assert (
+        decision.queue is not None
+        and decision.queue.action == "upload"
+        and decision.queue.due == NOW
+    )
+    assert [e.reason for e in decision.events] == ["Accepted"]
+
+
+def test_snapshot_is_frozen_at_creation() -> None:
+    first = _accepted(_setting())
+    rec = _rec(first)
+    changed_setting = _setting(bucketUrl="https://elsewhere.s3.us-west-2.amazonaws.com/new/")
+    decision = reconcile(rec, changed_setting, NOW)
+    assert decision.status is None, "an accepted recording keeps its snapshot"
+    assert decision.queue is not None
+
+
+def test_no_setting_or_disabled_means_local() -> None:
+    for setting in (None, _setting(enabled=False)):
+        decision = reconcile(_rec(), setting, NOW)
+        assert decision.status is not None and decision.status["phase"] == "Local"
+        assert decision.queue is None
+
+
+def test_setting_not_ready_waits_then_caches_after_the_window() -> None:
+    not_ready = SettingView("acct", 1, None, None, None, False, "CredentialNotReady", "no Secret")
+    decision = reconcile(_rec(), not_ready, NOW)
+    assert decision.waiting_for_setting and decision.status is not None
+    assert (
+        decision.status["phase"] == "Pending" and "CredentialNotReady" in decision.status["message"]
+    )
+    late = reconcile(_rec(created=NOW - timedelta(hours=3)), not_ready, NOW)
+    assert late.status is not None and late.status["phase"] == "Cached"
+    assert not late.waiting_for_setting
+
+
+def test_invalid_spec_fails_without_touching_media() -> None:
+    rec = _rec()
+    broken = RecordingView(**{**rec.__dict__, "spec": {**rec.spec, "accountSid": "nope"}})
+    decision = reconcile(broken, _setting(), NOW)
+    assert decision.status is not None and decision.status["phase"] == "Failed"
+    assert "accountSid" in decision.status["errorMessage"]
+    assert decision.queue is None
+
+
+@pytest.mark.parametrize("phase", ["Scheduled", "Uploading"])
+def test_in_flight_recordings_belong_to_their_pod(phase: str) -> None:
+    decision = reconcile(
+        _rec(_accepted() | {"phase": phase, "upload": {"pod": "p1"}}), _setting(), NOW
+    )
+    assert decision.owned_by_pod == "p1" and decision.queue is None and decision.status is None
+
+
+def test_retrying_is_queued_for_its_next_time() -> None:
+    later = NOW + timedelta(seconds=40)
+    status = _accepted() | {
+        "phase": "Retrying",
+        "nextRetryTime": later.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    decision = reconcile(_rec(status), _setting(), NOW)
+    assert decision.queue is not None and decision.queue.due == later
+
+
+def test_manual_retry_of_cached_starts_a_fresh_window_once() -> None:
+    cached = _accepted() | {
+        "phase": "Cached",
+        "attempts": 9,
+        "firstFailureTime": "2026-11-25T09:00:00Z",
+    }
+    decision = reconcile(_rec(cached, annotations={RETRY_ANNOTATION: "t1"}), _setting(), NOW)
+    assert decision.status is not None
+    assert decision.status["phase"] == "Pending" and decision.status["attempts"] == 0
+    assert decision.status["firstFailureTime"] is None and decision.status["retryRequest"] == "t1"
+    assert decision.queue is not None
+    handled = cached | {"retryRequest": "t1"}
+    again = reconcile(_rec(handled, annotations={RETRY_ANNOTATION: "t1"}), _setting(), NOW)
+    assert again.status is None and again.queue is None, "the same request is acted on once"
+
+
+def test_completed_is_settled_until_conditions_are_written() -> None:
+    done = _accepted() | {"phase": "Completed", "mediaUrl": "https://x/y"}
+    assert reconcile(_rec(done), _setting(), NOW).settle
+    settled = done | {"conditions": [{"type": "Stored", "status": "True"}]}
+    assert not reconcile(_rec(settled), _setting(), NOW).settle
+
+
+@pytest.mark.parametrize(
+    ("phase", "expected"),
+    [
+        ("Completed", "release"),
+        ("Failed", "release"),
+        ("Local", "release"),
+        ("Pending", "purge"),
+        ("Retrying", "purge"),
+        ("Cached", "purge"),
+        ("Uploading", "wait"),
+    ],
+)
+def test_deletion(phase: str, expected: str) -> None:
+    status = _accepted() | {"phase": phase, "upload": {"pod": "p1"}}
+    decision = reconcile(_rec(status, deleting=True), _setting(), NOW)
+    if expected == "release":
+        assert decision.remove_finalizer and decision.queue is None
+    elif expected == "purge":
+        assert decision.queue is not None and decision.queue.action == "purge"
+        assert not decision.remove_finalizer
+    else:
+        assert decision.owned_by_pod == "p1" and not decision.remove_finalizer
+
+
+def test_deleting_without_our_finalizer_does_nothing() -> None:
+    decision = reconcile(_rec(_accepted(), finalizers=(), deleting=True), _setting(), NOW)
+    assert decision == type(decision)()
+
+
+def test_transient_failure_backs_off_then_caches_at_the_window_end() -> None:
+    rec = _rec(_accepted() | {"attempts": 1})
+    snapshot = rec.snapshot
+    assert snapshot is not None
+    patch, event = transient_failure(
+        rec.status, snapshot, code=16111, message="SlowDown", now=NOW, node="n", jitter=0.0
+    )
+    assert patch["phase"] == "Retrying" and patch["firstFailureTime"] == "2026-11-25T12:00:00Z"
+    assert patch["nextRetryTime"] == "2026-11-25T12:00:15Z", "half of the 30 s first backoff"
+    assert event.reason == "UploadFailed"
+    late = rec.status | patch | {"attempts": 12}
+    patch2, event2 = transient_failure(
+        late,
+        snapshot,
+        code=16111,
+        message="SlowDown",
+        now=NOW + timedelta(hours=2),
+        node="n",
+        jitter=0.5,
+    )
+    assert patch2["phase"] == "Cached" and patch2["nextRetryTime"] is None
+    assert "media kept on node n" in patch2["message"] and event2.reason == "Cached"
