@@ -160,6 +160,8 @@ class Stack:
             operator_args,
         )
         self.kubelet = FakeKubelet(control_plane.admin_kubeconfig, workdir / "kubelet", list(nodes))
+        # every secret value this stack handed out, for the leak scans
+        self.secrets: set[str] = set()
 
     # -- bring-up ------------------------------------------------------------------------
 
@@ -256,6 +258,7 @@ class Stack:
         )
         self.create(namespace, "voicestoragesettings", setting)
         account = Account(namespace, bucket, pair, callback_url, signing_key)
+        self.secrets.update(v for k, v in secret_data.items() if k != "AWS_ACCESS_KEY_ID")
         if wait_ready:
             self.wait_condition(namespace, "voicestoragesettings", "default", "Ready")
         return account
