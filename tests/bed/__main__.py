@@ -24,7 +24,7 @@ import threading
 import time
 import wave
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -112,7 +112,8 @@ def demo(workdir: Path) -> int:
         audio = call_audio()
         stack.record(account, "call-0001", audio)
         say(
-            f"recorded a {len(audio)} byte call on node media-node-1 and created Recording acme/call-0001"
+            f"recorded a {len(audio)} byte call on node media-node-1 "
+            "and created Recording acme/call-0001"
         )
         body = timed(
             "Recording reached a final phase",
@@ -193,10 +194,8 @@ Press Ctrl-C to stop.""",
         )
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+        with suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.kube, pytest.mark.s3, pytest.mark.slow]
 MIB = 1 << 20
 
 
-def _statuses(stack: Stack, namespace: str, names: list[str]) -> dict[str, dict[str, object]]:
+def _statuses(stack: Stack, namespace: str, names: list[str]) -> dict[str, dict[str, Any]]:
     return {n: stack.get(namespace, "recordings", n).get("status") or {} for n in names}
 
 
@@ -59,7 +60,7 @@ def test_operator_sigkilled_mid_batch_every_recording_completes_once(
         lambda: all(
             any(c["type"] == "Stored" for c in s.get("conditions", []))
             for s in _statuses(live_stack, account.namespace, names).values()
-        ),  # type: ignore[union-attr, attr-defined]
+        ),
         timeout=60,
         what="every recording settled",
     )

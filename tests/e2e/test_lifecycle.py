@@ -53,7 +53,7 @@ def test_a_setting_change_applies_only_to_recordings_created_after_it(
     old = live_stack.wait_phase(account.namespace, "before", "Completed", timeout=60)["status"]
     new = live_stack.wait_phase(account.namespace, "after", "Completed", timeout=60)["status"]
     assert old["storage"]["objectKey"] == before["storage"]["objectKey"]
-    assert old["storage"]["objectKey"].startswith(f"calls/AC") and "encryptionDetails" not in old
+    assert old["storage"]["objectKey"].startswith("calls/AC") and "encryptionDetails" not in old
     assert old["storage"]["settingGeneration"] == 1
     assert new["storage"]["objectKey"] == f"calls/v2/{new['sid']}.wav"
     assert (
@@ -92,7 +92,7 @@ def test_deleting_a_recording_mid_upload_leaves_no_upload_and_no_file(
         try:
             live_stack.get(account.namespace, "recordings", "doomed")
         except k8s.ApiException as exc:
-            return exc.status == 404
+            return bool(exc.status == 404)
         return False
 
     wait_for(gone, timeout=90, what="the Recording to be deleted")

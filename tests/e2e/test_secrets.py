@@ -18,7 +18,7 @@ import pytest
 from tests.bed.faultproxy import FaultProxy, Respond, Rule
 from tests.bed.stack import SYSTEM_NAMESPACE, Stack
 from tests.support.callbacks import CallbackReceiver
-from tests.support.kube import wait_for
+from tests.support.kube import as_dict, wait_for
 from voicevault import API_GROUP, API_VERSION
 
 pytestmark = [pytest.mark.kube, pytest.mark.s3, pytest.mark.slow]
@@ -45,7 +45,9 @@ def _everything(stack: Stack) -> dict[str, str]:
     events = stack.core.list_event_for_all_namespaces().items
     texts["events"] = "\n".join(f"{e.reason} {e.message}" for e in events)
     for plural in ("recordings", "voicestoragesettings", "awscredentials"):
-        items = stack.custom.list_cluster_custom_object(API_GROUP, API_VERSION, plural)["items"]
+        items = as_dict(stack.custom.list_cluster_custom_object(API_GROUP, API_VERSION, plural))[
+            "items"
+        ]
         texts[plural] = json.dumps([i.get("status") for i in items])
     pods = stack.core.list_namespaced_pod(SYSTEM_NAMESPACE).items
     texts["pod specs"] = json.dumps([stack.api.sanitize_for_serialization(p.spec) for p in pods])
@@ -101,6 +103,7 @@ def test_no_secret_leaks_anywhere(
     assert len(secrets) >= 5
     # positive control: the scan finds them where they belong (the mounted batch Secret)
     mounted = "".join(
-        p.read_text() for p in (live_stack.kubelet.root / "pods").glob("*/volumes/batch/credential-*")
+        p.read_text()
+        for p in (live_stack.kubelet.root / "pods").glob("*/volumes/batch/credential-*")
     )
     assert any(s in mounted for s in live_stack.secrets)
