@@ -103,7 +103,19 @@ class Controller:
     async def post_event(
         self, body: dict[str, Any], event: Event, kind: str = recording.KIND
     ) -> None:
-        await self.kube.post_event(body, kind, event.type, event.reason, logs.scrub(event.message))
+        """An Event on the object, and the same line in the log."""
+        meta = body.get("metadata", {})
+        message = logs.scrub(event.message)
+        log.log(
+            logging.INFO if event.type == "Normal" else logging.WARNING,
+            message,
+            extra={
+                "kind": kind,
+                "object": f"{meta.get('namespace')}/{meta.get('name')}",
+                "reason": event.reason,
+            },
+        )
+        await self.kube.post_event(body, kind, event.type, event.reason, message)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -271,6 +283,24 @@ class Controller:
             self.next_validation.pop(namespace, None)
             metrics.SETTING_VALID.labels(namespace=namespace).set(0)
 
+    async def _refresh_setting_from_api(self, namespace: str) -> None:
+        """Read the namespace's setting now, not from the watch.
+
+        A Recording applied together with its setting (one `kubectl apply`, a GitOps sync)
+        may arrive before the setting's own watch event. One read per new recording makes
+        the snapshot reflect the setting as it is when the recording is accepted.
+        """
+        try:
+            body = await self.kube.get_object(voicestoragesetting.PLURAL, namespace, SETTING_NAME)
+        except Exception as exc:
+            if is_status(exc, 404):
+                self.forget_setting(namespace, SETTING_NAME)
+                return
+            raise
+        known = self.setting_bodies.get(namespace, {}).get("metadata", {})
+        if known.get("resourceVersion") != body["metadata"].get("resourceVersion"):
+            await self.on_setting(body)
+
     async def _refresh_setting(self, namespace: str) -> None:
         body = self.setting_bodies.get(namespace)
         if body is not None:
@@ -325,6 +355,8 @@ class Controller:
     async def on_recording(self, body: dict[str, Any]) -> None:
         rec = RecordingView.from_body(body)
         self._track_phase(rec, body)
+        if rec.phase is None and not rec.deleting:
+            await self._refresh_setting_from_api(rec.namespace)
         decision = reconcile(rec, self.settings.get(rec.namespace), self.clock())
         await self._carry_out(rec, body, decision)
 

@@ -74,6 +74,19 @@ class Kube:
         )
         return result
 
+    async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "get",
+            plural,
+            self.custom.get_namespaced_custom_object,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            plural,
+            name,
+        )
+        return result
+
     async def patch_status(
         self,
         plural: str,

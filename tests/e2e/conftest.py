@@ -14,14 +14,15 @@ from tests.support.callbacks import CallbackReceiver
 
 
 @pytest.fixture(scope="session")
-def stack(
-    control_plane: ControlPlane, moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    s = Stack(control_plane, moto_s3, tmp_path_factory.mktemp("stack")).start()
-    try:
-        yield s
-    finally:
-        s.stop()
+def stack(moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A control plane of its own: its operator watches every namespace, and must not
+    reconcile the objects other tiers create to test the apiserver alone."""
+    with ControlPlane(tmp_path_factory.mktemp("stack-controlplane")) as plane:
+        s = Stack(plane, moto_s3, tmp_path_factory.mktemp("stack")).start()
+        try:
+            yield s
+        finally:
+            s.stop()
 
 
 @pytest.fixture

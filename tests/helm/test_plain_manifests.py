@@ -128,7 +128,7 @@ def test_examples_validate_against_the_crds(kubeconfig: Path) -> None:
 @pytest.mark.usefixtures("crds")
 def test_a_broken_example_is_refused(kubeconfig: Path) -> None:
     """The dry run above really validates: the same file with one mistake fails."""
-    path = EXAMPLES / "minio" / "voicestoragesetting.yaml"
+    path = EXAMPLES / "minio" / "20-voicestoragesetting.yaml"
     (setting,) = documents(path.read_text())
     ensure_namespace(kubeconfig, setting["metadata"]["namespace"])
     broken = copy.deepcopy(setting)
