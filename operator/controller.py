@@ -42,6 +42,8 @@ from voicevault.uploader.s3client import AwsKeys, make_client
 log = logging.getLogger("voicevault.operator")
 
 Clock = Callable[[], datetime]
+EVENT_POSTERS = 4
+EVENT_QUEUE = 5000  # Events waiting to be posted; beyond this they are dropped and counted
 
 
 def utcnow() -> datetime:
@@ -69,8 +71,12 @@ class Controller:
         self.waiting: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> uid -> body
         self.phases: dict[str, str] = {}  # uid -> last seen phase (for metrics and events)
         self.settling: set[str] = set()
+        self.accepted: set[str] = set()  # uids given a first phase, until we see it come back
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._events: asyncio.Queue[tuple[dict[str, Any], str, str, str, str]] = asyncio.Queue(
+            maxsize=EVENT_QUEUE
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -84,6 +90,10 @@ class Controller:
         self._tasks = [
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self._validation_loop(), name="validation"),
+            *(
+                asyncio.create_task(self._event_poster(), name=f"events-{i}")
+                for i in range(EVENT_POSTERS)
+            ),
         ]
 
     async def stop(self) -> None:
@@ -115,7 +125,16 @@ class Controller:
                 "reason": event.reason,
             },
         )
-        await self.kube.post_event(body, kind, event.type, event.reason, message)
+        try:
+            self._events.put_nowait((body, kind, event.type, event.reason, message))
+        except asyncio.QueueFull:
+            metrics.EVENTS_DROPPED.inc()
+
+    async def _event_poster(self) -> None:
+        """Posts queued Events, so no reconcile waits for one (Events are best effort)."""
+        while True:
+            body, kind, type_, reason, message = await self._events.get()
+            await self.kube.post_event(body, kind, type_, reason, message)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -287,8 +306,9 @@ class Controller:
         """Read the namespace's setting now, not from the watch.
 
         A Recording applied together with its setting (one `kubectl apply`, a GitOps sync)
-        may arrive before the setting's own watch event. One read per new recording makes
-        the snapshot reflect the setting as it is when the recording is accepted.
+        may arrive before the setting's own watch event. When no setting is known for the
+        namespace, one read makes sure there really is none before the recording is
+        declared Local.
         """
         try:
             body = await self.kube.get_object(voicestoragesetting.PLURAL, namespace, SETTING_NAME)
@@ -354,8 +374,11 @@ class Controller:
 
     async def on_recording(self, body: dict[str, Any]) -> None:
         rec = RecordingView.from_body(body)
+        if rec.phase is None and rec.uid in self.accepted:
+            return  # an event from before our own first status write: the next one has it
+        self.accepted.discard(rec.uid)
         self._track_phase(rec, body)
-        if rec.phase is None and not rec.deleting:
+        if rec.phase is None and not rec.deleting and rec.namespace not in self.settings:
             await self._refresh_setting_from_api(rec.namespace)
         decision = reconcile(rec, self.settings.get(rec.namespace), self.clock())
         await self._carry_out(rec, body, decision)
@@ -385,6 +408,8 @@ class Controller:
                 )
                 rv = updated["metadata"]["resourceVersion"]
                 body = updated
+                if rec.phase is None and decision.status.get("phase"):
+                    self.accepted.add(rec.uid)
         except Exception as exc:
             if is_status(exc, 404, 409):
                 return  # a newer version of the object is on its way to us

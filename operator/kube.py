@@ -205,6 +205,17 @@ class Kube:
             "create", "secrets", self.core.create_namespaced_secret, namespace, manifest
         )
 
+    async def set_owner(self, namespace: str, secret: str, owner: dict[str, Any]) -> None:
+        """Make a Secret owned by `owner`, so it is garbage-collected with it."""
+        await self._call(
+            "patch",
+            "secrets",
+            self.core.patch_namespaced_secret,
+            secret,
+            namespace,
+            {"metadata": {"ownerReferences": [owner]}},
+        )
+
     async def delete_secret(self, namespace: str, name: str) -> None:
         try:
             await self._call(

@@ -34,3 +34,6 @@ KUBE_REQUESTS = Counter(
     ["verb", "resource"],
 )
 EVENT_FAILURES = Counter("voicevault_event_post_failures_total", "Events that could not be posted.")
+EVENTS_DROPPED = Counter(
+    "voicevault_events_dropped_total", "Events not posted because too many were waiting."
+)

@@ -133,32 +133,29 @@ def uploader_pod(
 def batch_secret(
     name: str,
     namespace: str,
-    pod: dict[str, Any],
     batch: BatchSpec,
     credentials: dict[str, CredentialFile],
 ) -> dict[str, Any]:
-    """The batch and its credentials, owned by the pod (garbage-collected with it)."""
+    """The batch and its credentials. Created before the pod, so the pod starts at once;
+    then owned by the pod (`owner_reference`) so it is garbage-collected with it."""
     data = {BATCH_FILE: batch.model_dump_json()}
     data.update({file: cred.model_dump_json() for file, cred in credentials.items()})
-    meta = pod["metadata"]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": LABELS,
-            "ownerReferences": [
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": False,
-                }
-            ],
-        },
+        "metadata": {"name": name, "namespace": namespace, "labels": LABELS},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def owner_reference(pod: dict[str, Any]) -> dict[str, Any]:
+    meta = pod["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": False,
     }

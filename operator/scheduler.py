@@ -194,17 +194,19 @@ class Scheduler:
                 return
             batch = self._batch(name, node, active.items, credentials)
             manifest = pods.uploader_pod(name, node, name, self.config.pods)
+            namespace = self.config.pods.namespace
             try:
-                created = await self.kube.create_pod(self.config.pods.namespace, manifest)
-                active.uid = created["metadata"]["uid"]
-                secret = pods.batch_secret(
-                    name, self.config.pods.namespace, created, batch, credentials
+                await self.kube.create_secret(
+                    namespace, pods.batch_secret(name, namespace, batch, credentials)
                 )
-                await self.kube.create_secret(self.config.pods.namespace, secret)
+                created = await self.kube.create_pod(namespace, manifest)
+                active.uid = created["metadata"]["uid"]
+                await self.kube.set_owner(namespace, name, pods.owner_reference(created))
             except Exception as exc:
                 reason = getattr(exc, "reason", None) or type(exc).__name__
                 log.error("cannot create uploader pod on %s: %s", node, reason, extra={"pod": name})
-                await self.kube.delete_pod(self.config.pods.namespace, name, grace_seconds=0)
+                await self.kube.delete_pod(namespace, name, grace_seconds=0)
+                await self.kube.delete_secret(namespace, name)
                 await self._fail_all(active, f"could not create the uploader pod: {reason}")
                 return
             metrics.PODS_CREATED.inc()

@@ -406,5 +406,14 @@ class Stack:
     def events(self, namespace: str) -> list[k8s.CoreV1Event]:
         return list(self.core.list_namespaced_event(namespace).items)
 
+    def wait_event_reasons(self, namespace: str, *reasons: str, timeout: float = 30) -> set[str]:
+        """Events are posted in the background: wait until these reasons have appeared."""
+
+        def seen() -> set[str] | None:
+            found = {str(e.reason) for e in self.events(namespace)}
+            return found if set(reasons) <= found else None
+
+        return wait_for(seen, timeout=timeout, what=f"events {reasons} in {namespace}")
+
     def uploader_pods(self) -> list[k8s.V1Pod]:
         return list(self.core.list_namespaced_pod(SYSTEM_NAMESPACE).items)

@@ -64,10 +64,16 @@ def test_operator_sigkilled_mid_batch_every_recording_completes_once(
         timeout=60,
         what="every recording settled",
     )
-    stored = Counter(
-        e.involved_object.name for e in live_stack.events(account.namespace) if e.reason == "Stored"
-    )
-    assert stored == Counter(dict.fromkeys(names, 1)), (
+
+    def stored_events() -> Counter[str]:
+        return Counter(
+            str(e.involved_object.name)
+            for e in live_stack.events(account.namespace)
+            if e.reason == "Stored"
+        )
+
+    wait_for(lambda: len(stored_events()) == len(names), what="a Stored event for each")
+    assert stored_events() == Counter(dict.fromkeys(names, 1)), (
         "each recording was reported stored exactly once"
     )
     assert live_stack.open_uploads(account) == []

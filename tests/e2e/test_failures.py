@@ -29,8 +29,7 @@ def test_slowdown_past_the_window_caches_then_manual_retry_completes(
     assert cached["errorCode"] == 16111 and cached["errorClass"] == "Transient"
     assert "SlowDown" in cached["errorMessage"]
     assert cached["attempts"] >= 2, "it was retried inside the window"
-    reasons = {e.reason for e in live_stack.events(account.namespace)}
-    assert {"UploadFailed", "Cached"} <= reasons
+    live_stack.wait_event_reasons(account.namespace, "UploadFailed", "Cached")
 
     proxy.clear_rules()
     retry = subprocess.run(
@@ -54,7 +53,7 @@ def test_slowdown_past_the_window_caches_then_manual_retry_completes(
     done = live_stack.wait_phase(account.namespace, "busy", "Completed", timeout=60)["status"]
     assert not media.exists()
     assert "errorCode" not in done, "a stale error is cleared on success"
-    assert "ManualRetry" in {e.reason for e in live_stack.events(account.namespace)}
+    live_stack.wait_event_reasons(account.namespace, "ManualRetry")
 
 
 def test_retry_all_cached(live_stack: Stack, proxy: FaultProxy) -> None:

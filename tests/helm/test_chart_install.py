@@ -197,6 +197,8 @@ OPERATOR_CAN = [
     ("create", "pods", "UPLOADS", True),
     ("delete", "pods", "UPLOADS", True),
     ("create", "secrets", "UPLOADS", True),
+    ("patch", "secrets", "UPLOADS", True),
+    ("patch", "secrets", "acct-a", False),
     ("delete", "recordings.voicevault.io", "acct-a", False),
     ("update", "recordings.voicevault.io", "acct-a", False),
     ("create", "recordings.voicevault.io", "acct-a", False),

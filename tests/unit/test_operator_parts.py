@@ -63,11 +63,10 @@ def test_batch_secret_holds_the_batch_and_keys_and_is_owned_by_the_pod() -> None
     secret = pods.batch_secret(
         "p",
         "ns",
-        pod,
         batch,
         {"credential-0.json": CredentialFile(access_key_id="AK", secret_access_key="SK")},
     )
-    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert pods.owner_reference(pod)["uid"] == "u-1"
     assert set(secret["data"]) == {"batch.json", "credential-0.json"}
     assert "SK" not in repr(CredentialFile(access_key_id="AK", secret_access_key="SK"))
 

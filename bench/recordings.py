@@ -1,0 +1,234 @@
+"""Operator benchmark: many small Recordings across simulated nodes, end to end.
+
+    python bench/recordings.py --recordings 1000 --nodes 10 [--write]
+
+Brings up the local stack (real kube-apiserver + etcd, moto with the seed policy, the
+operator process, the stand-in kubelet with N nodes), creates the recordings as fast as
+the API takes them, waits until all are Completed, and reports: time from creation to
+Completed (p50/p99), Kubernetes API writes per recording (counted by the apiserver
+itself, from its /metrics, all clients but the benchmark's own creates), uploader pods
+created, and the operator's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.bed.controlplane import ControlPlane
+from tests.bed.s3_moto import MotoS3
+from tests.bed.stack import ACCOUNT_SID, Stack
+from voicevault import API_GROUP, API_VERSION
+
+WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE")
+
+
+def apiserver_requests(plane: ControlPlane) -> dict[tuple[str, str, str], float]:
+    """apiserver_request_total by (verb, resource, subresource), from the apiserver."""
+    context = plane._ssl_context(plane._admin)  # the admin's client certificate
+    with urllib.request.urlopen(f"{plane.server}/metrics", context=context, timeout=30) as r:  # noqa: S310
+        text = r.read().decode()
+    counts: dict[tuple[str, str, str], float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
+        counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def diff(after: dict[Any, float], before: dict[Any, float]) -> dict[Any, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def run(recordings: int, nodes: int, workdir: Path) -> dict[str, Any]:
+    with ControlPlane(workdir / "cp") as plane, MotoS3(workdir / "moto") as s3:
+        names = tuple(f"node-{i:02d}" for i in range(nodes))
+        stack = Stack(
+            plane,
+            s3,
+            workdir / "stack",
+            nodes=names,
+            operator_args=["--poll-interval", "1", "--log-level", "warning"],
+        ).start()
+        try:
+            account = stack.add_account(namespace="bench")
+            payload = os.urandom(2048)
+            for i in range(recordings):
+                stack.put_media(names[i % nodes], "bench", f"r{i}.wav", payload)
+            rss_start = peak_rss_mib(stack.operator.process.pid)  # type: ignore[union-attr]
+            before = apiserver_requests(plane)
+            started = time.monotonic()
+
+            def create(i: int) -> None:
+                stack.create(
+                    "bench",
+                    "recordings",
+                    {
+                        "metadata": {"name": f"r{i}"},
+                        "spec": {
+                            "accountSid": ACCOUNT_SID,
+                            "callSid": "CA" + f"{i:032x}",
+                            "source": "RecordVerb",
+                            "startTime": "2026-11-25T10:00:00Z",
+                            "duration": 3,
+                            "nodeName": names[i % nodes],
+                            "mediaPath": f"r{i}.wav",
+                        },
+                    },
+                )
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(create, range(recordings)))
+            created_in = time.monotonic() - started
+            print(f"created {recordings} recordings in {created_in:.1f}s", flush=True)
+            done: list[dict[str, Any]] = []
+            while True:
+                items = stack.custom.list_namespaced_custom_object(
+                    API_GROUP, API_VERSION, "bench", "recordings"
+                )["items"]  # type: ignore[index]
+                done = [
+                    i
+                    for i in items
+                    if (i.get("status") or {}).get("phase") == "Completed"
+                    and any(c["type"] == "Stored" for c in i["status"].get("conditions", []))
+                ]
+                phases: dict[str, int] = {}
+                for i in items:
+                    p = (i.get("status") or {}).get("phase") or "new"
+                    phases[p] = phases.get(p, 0) + 1
+                print(f"  {time.monotonic() - started:6.1f}s {phases}", flush=True)
+                if len(done) == recordings:
+                    break
+                if time.monotonic() - started > 3600:
+                    raise SystemExit("not done after an hour")
+                time.sleep(5)
+            total = time.monotonic() - started
+            after = apiserver_requests(plane)
+            metrics = stack.operator.metrics()
+            rss_peak = peak_rss_mib(stack.operator.process.pid)  # type: ignore[union-attr]
+            latencies = sorted(
+                (
+                    datetime.fromisoformat(i["status"]["completionTime"].replace("Z", "+00:00"))
+                    - datetime.fromisoformat(
+                        i["metadata"]["creationTimestamp"].replace("Z", "+00:00")
+                    )
+                ).total_seconds()
+                for i in done
+            )
+            requests = diff(after, before)
+            recording_writes = (
+                sum(
+                    v
+                    for (verb, res, _), v in requests.items()
+                    if res == "recordings" and verb in WRITE_VERBS
+                )
+                - recordings
+            )
+            event_writes = sum(
+                v for (verb, res, _), v in requests.items() if res == "events" and verb == "POST"
+            )
+            pod_writes = sum(
+                v
+                for (verb, res, _), v in requests.items()
+                if res in ("pods", "secrets") and verb in WRITE_VERBS
+            )
+            reads = sum(v for (verb, _, _), v in requests.items() if verb not in WRITE_VERBS)
+            return {
+                "recordings": recordings,
+                "nodes": nodes,
+                "total_s": total,
+                "p50_s": statistics.median(latencies),
+                "p99_s": latencies[int(0.99 * (len(latencies) - 1))],
+                "max_s": latencies[-1],
+                "throughput": recordings / total,
+                "recording_writes_per": recording_writes / recordings,
+                "event_writes_per": event_writes / recordings,
+                "pod_and_secret_writes_per": pod_writes / recordings,
+                "reads_per": reads / recordings,
+                "pods": metric(metrics, "voicevault_uploader_pods_created_total"),
+                "rss_start_mib": rss_start,
+                "rss_peak_mib": rss_peak,
+                "requests": requests,
+                "account": account.namespace,
+            }
+        finally:
+            stack.stop()
+
+
+COLUMNS = [
+    ("recordings", "recordings", "{:d}"),
+    ("nodes", "nodes", "{:d}"),
+    ("all Completed (s)", "total_s", "{:.0f}"),
+    ("rec./s", "throughput", "{:.1f}"),
+    ("p50 (s)", "p50_s", "{:.0f}"),
+    ("p99 (s)", "p99_s", "{:.0f}"),
+    ("Recording writes / rec.", "recording_writes_per", "{:.2f}"),
+    ("Event writes / rec.", "event_writes_per", "{:.2f}"),
+    ("pod+Secret writes / rec.", "pod_and_secret_writes_per", "{:.3f}"),
+    ("reads / rec.", "reads_per", "{:.2f}"),
+    ("uploader pods", "pods", "{:.0f}"),
+    ("operator RSS start (MiB)", "rss_start_mib", "{:.0f}"),
+    ("operator RSS peak (MiB)", "rss_peak_mib", "{:.0f}"),
+]
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table, one row per run."""
+    rows = ["| " + " | ".join(title for title, _, _ in COLUMNS) + " |"]
+    rows.append("|" + "---:|" * len(COLUMNS))
+    for r in results:
+        rows.append("| " + " | ".join(fmt.format(r[key]) for _, key, fmt in COLUMNS) + " |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--recordings", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--nodes", type=int, default=10)
+    args = parser.parse_args()
+    results = []
+    for count in args.recordings:
+        with tempfile.TemporaryDirectory(prefix="vv-bench-op-") as tmp:
+            result = run(count, args.nodes, Path(tmp))
+            results.append(result)
+            print(table([result]), flush=True)
+            top = sorted(result["requests"].items(), key=lambda kv: -kv[1])[:12]
+            print(
+                "  apiserver requests during the run:",
+                ", ".join(f"{v:.0f} {k[0]} {k[1]}{'/' + k[2] if k[2] else ''}" for k, v in top),
+            )
+    print()
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
