@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.bed.controlplane import ControlPlane
 from tests.bed.s3_moto import MotoS3
 from tests.bed.stack import ACCOUNT_SID, Stack
+from tests.support.kube import apiserver_request_counts
 from voicevault import API_GROUP, API_VERSION
 
 WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE")
@@ -37,16 +37,9 @@ WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE")
 
 def apiserver_requests(plane: ControlPlane) -> dict[tuple[str, str, str], float]:
     """apiserver_request_total by (verb, resource, subresource), from the apiserver."""
-    context = plane._ssl_context(plane._admin)  # the admin's client certificate
-    with urllib.request.urlopen(f"{plane.server}/metrics", context=context, timeout=30) as r:  # noqa: S310
-        text = r.read().decode()
     counts: dict[tuple[str, str, str], float] = {}
-    for line in text.splitlines():
-        if not line.startswith("apiserver_request_total{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-        key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
-        counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    for (verb, resource, sub, _code), value in apiserver_request_counts(plane).items():
+        counts[(verb, resource, sub)] = counts.get((verb, resource, sub), 0.0) + value
     return counts
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.bed.fixtures"]
+pytest_plugins = ["tests.bed.fixtures", "tests.bed.stack_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     password = os.environ.get(PASSWORD_ENV)
     try:
         content_key = envelope.open_content_key(
-            pem, details, password.encode() if password else None
+            pem, details, os.fsencode(password) if password else None
         )
         written = _decrypt_to(args.input, args.output, content_key, size)
     except envelope.DecryptionError as exc:
@@ -69,6 +69,11 @@ def _details(text: str) -> envelope.EncryptionDetails:
         data = json.loads(source)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--details is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    except (ValueError, RecursionError):
+        # a number over Python's 4300-digit limit, or nesting deeper than the recursion limit
+        raise UsageError(
+            "--details is not valid JSON (a number or the nesting is too large)"
+        ) from None
     if not isinstance(data, dict):
         raise UsageError("--details must be a JSON object")
     try:
@@ -81,14 +86,14 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
 
 
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {str(path)!r}: {exc.strerror}") from None
 
 
 def _decrypt_to(src: Path, dst: Path, content_key: envelope.ContentKey, size: int) -> int:

@@ -1204,6 +1204,11 @@ class FakeKubelet:
         self._spawn(self._heartbeat_loop, "heartbeat")
         return self
 
+    @property
+    def running(self) -> bool:
+        """Started and not stopped (an instance is not restarted: make a new one)."""
+        return self._started and not self._stopping.is_set()
+
     def stop(self, kill_processes: bool = True) -> None:
         """Stop watching and heart-beating. ``kill_processes`` (default) kills the running
         pods' groups without touching their status, like a node that went away; otherwise

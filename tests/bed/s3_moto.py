@@ -130,6 +130,12 @@ class MotoS3:
             server_name=self.name,
         )
 
+    def revoke(self, account: S3Account) -> None:
+        """Delete the account's access key, as a customer revoking voicevault's access."""
+        iam = self._iam((self._admin_key, self._admin_secret))
+        user = iam.get_access_key_last_used(AccessKeyId=account.access_key_id)["UserName"]
+        iam.delete_access_key(UserName=user, AccessKeyId=account.access_key_id)
+
     def stop(self) -> None:
         """Kill the server's process group; remove the workdir if we created it."""
         self._proc.stop()

@@ -1,4 +1,5 @@
-"""One whole stack per test session (per xdist worker): apiserver, moto, operator, nodes."""
+"""pytest plugin: one whole stack per test session (per xdist worker) for the e2e and
+fault tiers: its own apiserver, moto, the operator process, stand-in nodes."""
 
 from __future__ import annotations
 
