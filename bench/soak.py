@@ -1,0 +1,198 @@
+"""Soak: a steady stream of recordings through the whole stack while faults are injected.
+
+    python bench/soak.py --minutes 20
+
+Runs outside the test command. Brings up the local stack (real apiserver + etcd, moto
+with the seed policy behind a fault proxy, the operator process, four stand-in nodes),
+creates a recording every `--interval` seconds (mixed sizes, half of them encrypted),
+and injects faults on a schedule: S3 503 bursts and connection resets all along, uploader
+pods killed, an apiserver restart, and operator SIGKILLs in the first quarter only (so the
+rest of the run shows whether the operator's memory grows). At the end it waits for every
+recording to settle and reports recordings processed, faults injected by kind, losses and
+corrupted objects (both must be 0), and the operator's RSS over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.bed.controlplane import ControlPlane
+from tests.bed.faultproxy import FaultProxy, ResetConnection, Respond, Rule
+from tests.bed.kubelet import kill_leftovers
+from tests.bed.s3_moto import MotoS3
+from tests.bed.stack import Account, Stack
+from tests.support import invariants
+from tests.support.kube import wait_for
+
+MIB = 1 << 20
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Soak:
+    def __init__(self, stack: Stack, proxy: FaultProxy, accounts: list[Account], seed: int) -> None:
+        self.stack = stack
+        self.proxy = proxy
+        self.accounts = accounts
+        self.rng = random.Random(seed)
+        self.faults: Counter[str] = Counter()
+        self.data: dict[tuple[int, str], bytes] = {}
+        self.node_of: dict[tuple[int, str], str] = {}
+        self.rss: list[tuple[float, int, float]] = []  # (elapsed s, operator start number, MiB)
+
+    def record(self, index: int) -> None:
+        account_index = index % len(self.accounts)
+        account = self.accounts[account_index]
+        name = f"soak-{index:05d}"
+        size = self.rng.choice([0, 1000, 50_000, 400_000, 17 * MIB + index])
+        data = os.urandom(size)
+        node = self.stack.nodes[index % len(self.stack.nodes)]
+        self.stack.record(account, name, data, node=node)
+        self.data[(account_index, name)] = data
+        self.node_of[(account_index, name)] = node
+
+    def inject(self, elapsed: float, total: float) -> None:
+        roll = self.rng.random()
+        if roll < 0.25:
+            self.proxy.add_rule(
+                Rule(action=Respond(503, "SlowDown", "soak"), times=self.rng.randint(3, 15))
+            )
+            self.faults["S3 503 SlowDown burst"] += 1
+        elif roll < 0.45:
+            self.proxy.add_rule(
+                Rule(
+                    action=ResetConnection(after_request_bytes=128 * 1024),
+                    query_contains="partNumber",
+                    times=1,
+                )
+            )
+            self.faults["S3 connection reset mid-part"] += 1
+        elif roll < 0.65:
+            killed = kill_leftovers(self.stack.kubelet.root)
+            if killed:
+                self.faults["uploader pod killed"] += len(killed)
+        elif roll < 0.75 and elapsed < total / 4:
+            self.stack.operator.kill()
+            self.faults["operator SIGKILL"] += 1
+            self.stack.operator.start()
+        elif roll < 0.78 and self.faults["apiserver restart"] < 2:
+            self.stack.cp.restart_apiserver()
+            self.faults["apiserver restart"] += 1
+
+    def sample(self, elapsed: float) -> None:
+        process = self.stack.operator.process
+        if process is not None and process.alive:
+            self.rss.append((elapsed, self.stack.operator.starts, rss_mib(process.pid)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between recordings")
+    parser.add_argument("--fault-every", type=float, default=20.0, help="seconds between faults")
+    parser.add_argument("--seed", type=int, default=2026)
+    args = parser.parse_args()
+    total = args.minutes * 60
+    with tempfile.TemporaryDirectory(prefix="vv-soak-") as tmp:
+        workdir = Path(tmp)
+        with (
+            ControlPlane(workdir / "cp") as plane,
+            MotoS3(workdir / "moto") as s3,
+            FaultProxy(s3.endpoint_url) as proxy,
+        ):
+            nodes = ("node-a", "node-b", "node-c", "node-d")
+            stack = Stack(
+                plane,
+                s3,
+                workdir / "stack",
+                nodes=nodes,
+                operator_args=["--poll-interval", "1", "--log-level", "warning"],
+            ).start()
+            try:
+                accounts = [
+                    stack.add_account(namespace="soak-plain", endpoint=proxy.url),
+                    stack.add_account(
+                        namespace="soak-encrypted", endpoint=proxy.url, encrypted=True
+                    ),
+                ]
+                soak = Soak(stack, proxy, accounts, args.seed)
+                started = time.monotonic()
+                next_fault = args.fault_every
+                next_sample = 0.0
+                index = 0
+                while (elapsed := time.monotonic() - started) < total:
+                    soak.record(index)
+                    index += 1
+                    if elapsed >= next_fault:
+                        soak.inject(elapsed, total)
+                        next_fault += args.fault_every
+                    if elapsed >= next_sample:
+                        soak.sample(elapsed)
+                        next_sample += 30
+                        print(
+                            f"{elapsed:7.0f}s  recordings {index:5d}  faults {sum(soak.faults.values()):3d}  "
+                            f"operator RSS {soak.rss[-1][2] if soak.rss else 0:.0f} MiB",
+                            flush=True,
+                        )
+                    threading.Event().wait(args.interval)
+                proxy.clear_rules()
+                print("stream stopped; waiting for every recording to settle", flush=True)
+                for number, account in enumerate(accounts):
+                    names = [n for (a, n) in soak.data if a == number]
+                    namespace = account.namespace
+
+                    def all_settled(ns: str = namespace, ns_names: list[str] = names) -> bool:
+                        return invariants.settled(stack, ns, ns_names)
+
+                    wait_for(
+                        all_settled, timeout=1800, interval=5, what="every recording to settle"
+                    )
+                soak.sample(time.monotonic() - started)
+                lost, corrupt, phases = [], [], Counter[str]()
+                for number, account in enumerate(accounts):
+                    data = {n: d for (a, n), d in soak.data.items() if a == number}
+                    node_of = {n: node for (a, n), node in soak.node_of.items() if a == number}
+                    outcome = invariants.check(stack, account, data, node_of)
+                    lost += outcome.lost + outcome.open_uploads
+                    corrupt += outcome.corrupt
+                    phases.update(outcome.phases)
+                last_start = max(s for _, s, _ in soak.rss)
+                steady = [(t, m) for t, s, m in soak.rss if s == last_start]
+                print()
+                print(
+                    f"duration                 {args.minutes:.0f} min, one recording every {args.interval}s"
+                )
+                print(f"recordings processed     {len(soak.data)}  {dict(phases)}")
+                for kind, count in sorted(soak.faults.items()):
+                    print(f"fault: {kind:24s} {count}")
+                print(f"lost                     {len(lost)} {lost[:5]}")
+                print(f"corrupted                {len(corrupt)} {corrupt[:5]}")
+                print(
+                    f"operator RSS (last run)  start {steady[0][1]:.0f} MiB at {steady[0][0]:.0f}s, "
+                    f"end {steady[-1][1]:.0f} MiB at {steady[-1][0]:.0f}s, max {max(m for _, m in steady):.0f} MiB"
+                )
+                print("operator RSS samples     " + " ".join(f"{m:.0f}" for _, m in steady))
+                return 0 if not lost and not corrupt else 1
+            finally:
+                stack.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
