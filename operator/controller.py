@@ -426,7 +426,7 @@ class Controller:
         if decision.queue is not None:
             self._enqueue(body, rv, decision)
         if decision.remove_finalizer:
-            await self._release(rec, rv)
+            await self._release(body, rv)
         pod = decision.owned_by_pod
         if pod is not None and self.scheduler.ready and not self.scheduler.pod_is_known(pod):
             await self._pod_lost(body)
@@ -457,13 +457,9 @@ class Controller:
             )
         )
 
-    async def _release(self, rec: RecordingView, rv: str) -> None:
-        remaining = [f for f in rec.finalizers if f != FINALIZER]
-        try:
-            await self.kube.set_finalizers(recording.PLURAL, rec.namespace, rec.name, remaining, rv)
-        except Exception as exc:
-            if not is_status(exc, 404, 409):
-                raise
+    async def _release(self, body: dict[str, Any], rv: str) -> None:
+        current = body | {"metadata": body["metadata"] | {"resourceVersion": rv}}
+        await self.kube.remove_finalizer(recording.PLURAL, current, FINALIZER)
 
     async def _pod_lost(self, body: dict[str, Any]) -> None:
         """Scheduled on a pod this operator does not know (any more): a transient failure."""
@@ -481,14 +477,11 @@ class Controller:
             node=str(rec.spec.get("nodeName", "")),
         )
         patch["upload"] = None
-        try:
-            await self.kube.patch_status(
-                recording.PLURAL, rec.namespace, rec.name, patch, rec.resource_version
-            )
-        except Exception as exc:
-            if is_status(exc, 404, 409):
-                return
-            raise
+        written = await self.kube.try_patch_status(
+            recording.PLURAL, rec.namespace, rec.name, patch, rec.resource_version
+        )
+        if written is None:
+            return
         metrics.UPLOADS.labels(result="lost").inc()
         await self.post_event(body, event)
 

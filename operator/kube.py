@@ -138,6 +138,36 @@ class Kube:
             plural, namespace, name, {"finalizers": finalizers, "resourceVersion": resource_version}
         )
 
+    async def try_patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str
+    ) -> dict[str, Any] | None:
+        """`patch_status` guarded by resourceVersion; None if the object changed or went.
+
+        A stale decision is dropped rather than retried: the watch brings the newer object
+        and the rules decide again from it.
+        """
+        try:
+            return await self.patch_status(plural, namespace, name, status, resource_version)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return None
+            raise
+
+    async def remove_finalizer(
+        self, plural: str, body: dict[str, Any], finalizer: str
+    ) -> dict[str, Any] | None:
+        """Drop one finalizer from `body`'s object (guarded); None if it changed or went."""
+        meta = body["metadata"]
+        remaining = [f for f in meta.get("finalizers") or [] if f != finalizer]
+        try:
+            return await self.set_finalizers(
+                plural, meta["namespace"], meta["name"], remaining, meta["resourceVersion"]
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return None
+            raise
+
     async def list_objects(self, plural: str) -> list[dict[str, Any]]:
         result = await self._call(
             "list", plural, self.custom.list_cluster_custom_object, API_GROUP, API_VERSION, plural

@@ -187,12 +187,14 @@ class Scheduler:
             if not await self.kube.node_exists(node):
                 await self._node_missing(node, entries)
                 return
-            credentials, usable = await self._credentials(entries)
+            found, usable = await self._credentials(entries)
             marked = await asyncio.gather(*(self._mark_scheduled(e, name) for e in usable))
             active.items = [e for e, ok in zip(usable, marked, strict=True) if ok]
             if not active.items:
                 return
-            batch = self._batch(name, node, active.items, credentials)
+            # numbered over the items actually in the batch, so each item's credential file
+            # is its own namespace's even when an earlier entry was dropped as stale
+            batch, credentials = self._batch(name, node, active.items, found)
             manifest = pods.uploader_pod(name, node, name, self.config.pods)
             namespace = self.config.pods.namespace
             try:
@@ -226,10 +228,10 @@ class Scheduler:
 
     async def _credentials(
         self, entries: list[QueueEntry]
-    ) -> tuple[dict[str, CredentialFile], list[QueueEntry]]:
-        """Credential files for the batch; entries whose credential is unusable fail now."""
-        files: dict[str, CredentialFile] = {}
-        by_ref: dict[tuple[str, str], str | None] = {}
+    ) -> tuple[dict[tuple[str, str], CredentialFile], list[QueueEntry]]:
+        """Credentials by (namespace, credential name); entries whose credential is
+        unusable fail now."""
+        by_ref: dict[tuple[str, str], CredentialFile | None] = {}
         usable: list[QueueEntry] = []
         for entry in entries:
             ref = (entry.namespace, entry.snapshot.credential_name)
@@ -239,13 +241,12 @@ class Scheduler:
                     by_ref[ref] = None
                     await self._transient_now(entry, found)
                     continue
-                by_ref[ref] = credential_file_name(len(files))
-                files[credential_file_name(len(files))] = found
+                by_ref[ref] = found
             elif by_ref[ref] is None:
                 await self._transient_now(entry, "credential not usable")
                 continue
             usable.append(entry)
-        return files, usable
+        return {ref: found for ref, found in by_ref.items() if found is not None}, usable
 
     async def _mark_scheduled(self, entry: QueueEntry, pod_name: str) -> bool:
         """Claim the recording for the pod; False if it changed since it was queued."""
@@ -277,18 +278,17 @@ class Scheduler:
         pod_name: str,
         node: str,
         entries: list[QueueEntry],
-        credentials: dict[str, CredentialFile],
-    ) -> BatchSpec:
-        files = {}
-        for file, _ in credentials.items():
-            files[file] = file
+        found: dict[tuple[str, str], CredentialFile],
+    ) -> tuple[BatchSpec, dict[str, CredentialFile]]:
+        """The batch and its credential files: one file per (namespace, credential) of
+        these entries, numbered in the same pass that names them in the items."""
         refs: dict[tuple[str, str], str] = {}
-        index = 0
+        files: dict[str, CredentialFile] = {}
         for entry in entries:
             ref = (entry.namespace, entry.snapshot.credential_name)
             if ref not in refs:
-                refs[ref] = credential_file_name(index)
-                index += 1
+                refs[ref] = credential_file_name(len(files))
+                files[refs[ref]] = found[ref]
         items = [
             BatchItem(
                 namespace=e.namespace,
@@ -309,7 +309,7 @@ class Scheduler:
             )
             for e in entries
         ]
-        return BatchSpec(pod=pod_name, node=node, items=items)
+        return BatchSpec(pod=pod_name, node=node, items=items), files
 
     async def _items_from_secret(self, name: str) -> list[QueueEntry] | None:
         found = await self.kube.secret_data(self.config.pods.namespace, name)
@@ -451,15 +451,10 @@ class Scheduler:
         patch, event = self._next_status(rec, active, result, why, pod)
         if patch is None:
             return
-        try:
-            await self.kube.patch_status(
-                PLURAL, rec.namespace, rec.name, patch, rec.resource_version
-            )
-        except Exception as exc:
-            if not is_status(exc, 404, 409):
-                raise
-            return
-        if event is not None:
+        written = await self.kube.try_patch_status(
+            PLURAL, rec.namespace, rec.name, patch, rec.resource_version
+        )
+        if written is not None and event is not None:
             await self.post_event(body, event)
 
     def _next_status(
@@ -515,14 +510,7 @@ class Scheduler:
     ) -> None:
         if result is not None and result.kind == "purged":
             body = await self.kube.get_status(PLURAL, rec.namespace, rec.name)
-            finalizers = [f for f in body["metadata"].get("finalizers", []) if f != FINALIZER]
-            try:
-                await self.kube.set_finalizers(
-                    PLURAL, rec.namespace, rec.name, finalizers, body["metadata"]["resourceVersion"]
-                )
-            except Exception as exc:
-                if not is_status(exc, 404, 409):
-                    raise
+            await self.kube.remove_finalizer(PLURAL, body, FINALIZER)
             return
         entry.due = self.clock()
         entry.resource_version = rec.resource_version
@@ -567,29 +555,22 @@ class Scheduler:
             node=entry.node,
         )
         patch["attempts"] = status["attempts"]
-        try:
-            await self.kube.patch_status(
-                PLURAL, rec.namespace, rec.name, patch, rec.resource_version
-            )
-        except Exception as exc:
-            if not is_status(exc, 404, 409):
-                raise
-            return
-        await self.post_event(body, event)
+        if await self.kube.try_patch_status(
+            PLURAL, rec.namespace, rec.name, patch, rec.resource_version
+        ):
+            await self.post_event(body, event)
 
     async def _release_without_purge(self, entry: QueueEntry, message: str) -> None:
         try:
             body = await self.kube.get_status(PLURAL, entry.namespace, entry.name)
-            finalizers = [f for f in body["metadata"].get("finalizers", []) if f != FINALIZER]
-            await self.post_event(
-                body, Event("Warning", "NodeGone", f"{message}; local media could not be removed")
-            )
-            await self.kube.set_finalizers(
-                PLURAL, entry.namespace, entry.name, finalizers, body["metadata"]["resourceVersion"]
-            )
         except Exception as exc:
-            if not is_status(exc, 404, 409):
-                raise
+            if is_status(exc, 404):
+                return
+            raise
+        await self.post_event(
+            body, Event("Warning", "NodeGone", f"{message}; local media could not be removed")
+        )
+        await self.kube.remove_finalizer(PLURAL, body, FINALIZER)
 
 
 def _ref_body(entry: QueueEntry) -> dict[str, Any]:
