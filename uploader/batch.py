@@ -120,7 +120,7 @@ def _process(
         progress = _ItemProgress(item, reporter, settings.progress_interval, cancel)
         result = upload(client, request, store, settings.transfer, progress, cancel)
     except MediaPathError as exc:
-        # not ours to delete: the path leads outside the namespace's folder
+        # not ours to delete: the path leads outside the namespace's folder, or is no file
         error = fatal(ErrorCode.UPLOAD_FAILED, f"invalid media path: {exc}")
         return _report_failure(item, error, reporter, None, store, ctx)
     except UploadError as failure:

@@ -16,7 +16,7 @@ ENCRYPTED_CONTENT_TYPE = "application/octet-stream"
 
 
 class MediaPathError(ValueError):
-    """The media path would leave the namespace's folder."""
+    """The media path is unusable: it leads out of the namespace's folder, or is no file."""
 
 
 def content_type_for(extension: str, *, encrypted: bool) -> str:
@@ -42,6 +42,10 @@ def resolve_media(root: Path, namespace: str, relative: str) -> Path:
     real = Path(os.path.realpath(candidate))
     if real != real_base and real_base not in real.parents:
         raise MediaPathError(f"media path {relative!r} leads outside the namespace's folder")
+    if real.exists() and not real.is_file():
+        # a folder (or a link to one) or a FIFO: retrying would not help, and a FIFO would
+        # block the uploader on open
+        raise MediaPathError(f"media path {relative!r} is not a regular file")
     return real
 
 

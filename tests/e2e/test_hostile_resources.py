@@ -29,7 +29,7 @@ from kubernetes import client as k8s
 from tests.bed.s3_common import S3Account
 from tests.bed.stack import ACCOUNT_SID, Account, Stack
 from tests.support.keys import key_pair
-from tests.support.kube import wait_for
+from tests.support.kube import as_dict, wait_for
 from voicevault import API_GROUP, API_VERSION
 from voicevault.uploader import envelope
 
@@ -60,12 +60,12 @@ def _unexpected(log_text: str) -> list[str]:
     return bad
 
 
-@pytest.fixture
-def guarded(live_stack: Stack) -> Iterator[Stack]:
-    """The live stack, checked afterwards: operator alive, nothing unexpected logged."""
+@pytest.fixture(autouse=True)
+def operator_survives(live_stack: Stack) -> Iterator[None]:
+    """Afterwards: the operator is alive, was not restarted, and logged nothing unexpected."""
     start = len(live_stack.operator.log())
     starts = live_stack.operator.starts
-    yield live_stack
+    yield
     assert live_stack.operator.alive, "the operator died"
     assert live_stack.operator.starts == starts, "the operator was restarted"
     unexpected = _unexpected(live_stack.operator.log()[start:])
@@ -75,13 +75,13 @@ def guarded(live_stack: Stack) -> Iterator[Stack]:
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _namespace(guarded: Stack, hint: str) -> str:
+def _namespace(stack: Stack, hint: str) -> str:
     name = f"hostile-{hint}-{uuid.uuid4().hex[:6]}"
     stack.core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
     return name
 
 
-def _secret(guarded: Stack, namespace: str, name: str, data: dict[str, str]) -> None:
+def _secret(stack: Stack, namespace: str, name: str, data: dict[str, str]) -> None:
     stack.core.create_namespaced_secret(
         namespace,
         k8s.V1Secret(
@@ -92,7 +92,7 @@ def _secret(guarded: Stack, namespace: str, name: str, data: dict[str, str]) -> 
     stack.secrets.update(v for k, v in data.items() if "secret" in k.lower())
 
 
-def _credential(guarded: Stack, namespace: str, secret_ref: dict[str, str]) -> None:
+def _credential(stack: Stack, namespace: str, secret_ref: dict[str, str]) -> None:
     stack.create(
         namespace,
         "awscredentials",
@@ -103,10 +103,11 @@ def _credential(guarded: Stack, namespace: str, secret_ref: dict[str, str]) -> N
 def _condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
     found = [c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == type_]
     assert found, f"no {type_} condition in {body.get('status')}"
-    return found[0]
+    first: dict[str, Any] = found[0]
+    return first
 
 
-def _patch_spec(guarded: Stack, namespace: str, plural: str, name: str, spec: Any) -> None:
+def _patch_spec(stack: Stack, namespace: str, plural: str, name: str, spec: Any) -> None:
     stack.custom.patch_namespaced_custom_object(
         API_GROUP, API_VERSION, namespace, plural, name, {"spec": spec}
     )
@@ -129,12 +130,17 @@ def _recording_without_media(
     return stack.create(namespace, "recordings", {"metadata": {"name": name}, "spec": spec})
 
 
-def _bucket_keys(guarded: Stack, bucket: S3Account) -> list[str]:
+def _bucket_keys(stack: Stack, bucket: S3Account) -> list[str]:
     page = stack.s3.admin_client().list_objects_v2(Bucket=bucket.bucket)
     return [str(o["Key"]) for o in page.get("Contents", [])]
 
 
-def _gone(guarded: Stack, namespace: str, name: str) -> bool:
+def _wait_deleted(media: Path) -> None:
+    """The uploader writes Completed first and deletes the media right after."""
+    wait_for(lambda: not media.exists(), timeout=15, what=f"{media.name} to be deleted")
+
+
+def _gone(stack: Stack, namespace: str, name: str) -> bool:
     try:
         stack.get(namespace, "recordings", name)
     except k8s.ApiException as exc:
@@ -145,20 +151,20 @@ def _gone(guarded: Stack, namespace: str, name: str) -> bool:
 # --- credentials ------------------------------------------------------------------------
 
 
-def test_secret_with_the_wrong_key_names_then_fixed_credential(guarded: Stack) -> None:
-    namespace = _namespace(stack, "keynames")
-    bucket = stack.s3.add_bucket(f"rec-{uuid.uuid4().hex[:12]}", "calls/")
+def test_secret_with_the_wrong_key_names_then_fixed_credential(live_stack: Stack) -> None:
+    namespace = _namespace(live_stack, "keynames")
+    bucket = live_stack.s3.add_bucket(f"rec-{uuid.uuid4().hex[:12]}", "calls/")
     # what people often write: their own names instead of the AWS_* defaults
     _secret(
-        stack,
+        live_stack,
         namespace,
         "keys",
         {"accessKey": bucket.access_key_id, "secretKey": bucket.secret_access_key},
     )
-    _credential(stack, namespace, {"name": "keys"})
-    stack.create(namespace, "voicestoragesettings", stack.setting_body(bucket))
+    _credential(live_stack, namespace, {"name": "keys"})
+    live_stack.create(namespace, "voicestoragesettings", live_stack.setting_body(bucket))
 
-    body = stack.wait_condition(
+    body = live_stack.wait_condition(
         namespace, "awscredentials", "s3-writer", "Ready", "False", reason="SecretKeyMissing"
     )
     message = _condition(body, "Ready")["message"]
@@ -167,50 +173,50 @@ def test_secret_with_the_wrong_key_names_then_fixed_credential(guarded: Stack) -
     assert bucket.secret_access_key not in json.dumps(body)
     assert bucket.access_key_id not in json.dumps(body)
     assert not body["status"].get("accessKeyIdSuffix")
-    setting = stack.wait_condition(
+    setting = live_stack.wait_condition(
         namespace, "voicestoragesettings", "default", "Ready", "False", reason="CredentialNotReady"
     )
     assert "s3-writer" in _condition(setting, "Ready")["message"]
 
     _patch_spec(
-        stack,
+        live_stack,
         namespace,
         "awscredentials",
         "s3-writer",
         {"secretRef": {"accessKeyIdKey": "accessKey", "secretAccessKeyKey": "secretKey"}},
     )
-    fixed = stack.wait_condition(namespace, "awscredentials", "s3-writer", "Ready", "True")
+    fixed = live_stack.wait_condition(namespace, "awscredentials", "s3-writer", "Ready", "True")
     assert fixed["status"]["accessKeyIdSuffix"] == bucket.access_key_id[-4:]
-    stack.wait_condition(namespace, "voicestoragesettings", "default", "Ready", "True")
+    live_stack.wait_condition(namespace, "voicestoragesettings", "default", "Ready", "True")
     # and the fixed credential really uploads
     account = Account(namespace, bucket, None)
-    stack.record(account, "after-fix", b"RIFF" + os.urandom(1000))
-    done = stack.wait_phase(namespace, "after-fix", "Completed", "Failed", timeout=60)
+    live_stack.record(account, "after-fix", b"RIFF" + os.urandom(1000))
+    done = live_stack.wait_phase(namespace, "after-fix", "Completed", "Failed", timeout=60)
     assert done["status"]["phase"] == "Completed", done["status"]
 
 
-def test_secret_created_after_the_credential(guarded: Stack) -> None:
-    namespace = _namespace(stack, "late")
-    bucket = stack.s3.add_bucket(f"rec-{uuid.uuid4().hex[:12]}", "calls/")
-    _credential(stack, namespace, {"name": "late-keys"})
-    stack.create(namespace, "voicestoragesettings", stack.setting_body(bucket))
-    body = stack.wait_condition(
+def test_secret_created_after_the_credential(live_stack: Stack) -> None:
+    namespace = _namespace(live_stack, "late")
+    bucket = live_stack.s3.add_bucket(f"rec-{uuid.uuid4().hex[:12]}", "calls/")
+    _credential(live_stack, namespace, {"name": "late-keys"})
+    live_stack.create(namespace, "voicestoragesettings", live_stack.setting_body(bucket))
+    body = live_stack.wait_condition(
         namespace, "awscredentials", "s3-writer", "Ready", "False", reason="SecretNotFound"
     )
     assert "late-keys" in _condition(body, "Ready")["message"]
-    stack.wait_condition(
+    live_stack.wait_condition(
         namespace, "voicestoragesettings", "default", "Ready", "False", reason="CredentialNotReady"
     )
     # a recording made meanwhile waits, keeping its media
     account = Account(namespace, bucket, None)
     data = b"RIFF" + os.urandom(2000)
-    stack.record(account, "early", data)
-    media = stack.media_file("node-a", namespace, "2026/11/early.wav")
-    stack.wait_phase(namespace, "early", "Pending", timeout=30)
+    live_stack.record(account, "early", data)
+    media = live_stack.media_file("node-a", namespace, "2026/11/early.wav")
+    live_stack.wait_phase(namespace, "early", "Pending", timeout=30)
     assert media.exists()
 
     _secret(
-        stack,
+        live_stack,
         namespace,
         "late-keys",
         {
@@ -219,13 +225,13 @@ def test_secret_created_after_the_credential(guarded: Stack) -> None:
         },
     )
     # no change to the credential itself: the operator notices the Secret
-    ready = stack.wait_condition(namespace, "awscredentials", "s3-writer", "Ready", "True")
+    ready = live_stack.wait_condition(namespace, "awscredentials", "s3-writer", "Ready", "True")
     assert ready["metadata"]["generation"] == 1
-    stack.wait_condition(namespace, "voicestoragesettings", "default", "Ready", "True")
-    done = stack.wait_phase(namespace, "early", "Completed", "Failed", "Cached", timeout=60)
+    live_stack.wait_condition(namespace, "voicestoragesettings", "default", "Ready", "True")
+    done = live_stack.wait_phase(namespace, "early", "Completed", "Failed", "Cached", timeout=60)
     assert done["status"]["phase"] == "Completed", done["status"]
-    assert stack.object_bytes(account, done["status"]["storage"]["objectKey"]) == data
-    assert not media.exists()
+    assert live_stack.object_bytes(account, done["status"]["storage"]["objectKey"]) == data
+    _wait_deleted(media)
 
 
 # --- public keys ------------------------------------------------------------------------
@@ -257,25 +263,29 @@ def _rsa_1024_public_pem() -> str:
     )
 
 
+def _private_key_pem() -> str:
+    return key_pair().private_pem.decode()
+
+
 @pytest.mark.parametrize(
     ("make_pem", "why"),
     [
         pytest.param(_certificate_pem, "could not be parsed", id="certificate-not-key"),
         pytest.param(_rsa_1024_public_pem, "1024 bits", id="rsa-1024"),
-        pytest.param(lambda: key_pair().private_pem.decode(), "private key", id="private-key"),
+        pytest.param(_private_key_pem, "got a private key", id="private-key"),
     ],
 )
-def test_unusable_public_key_in_the_setting(guarded: Stack, make_pem: Any, why: str) -> None:
-    account = stack.add_account()
+def test_unusable_public_key_in_the_setting(live_stack: Stack, make_pem: Any, why: str) -> None:
+    account = live_stack.add_account()
     pem: str = make_pem()
     _patch_spec(
-        stack,
+        live_stack,
         account.namespace,
         "voicestoragesettings",
         "default",
         {"encryption": {"publicKey": pem}},
     )
-    body = stack.wait_condition(
+    body = live_stack.wait_condition(
         account.namespace,
         "voicestoragesettings",
         "default",
@@ -290,43 +300,43 @@ def test_unusable_public_key_in_the_setting(guarded: Stack, make_pem: Any, why: 
         assert line not in json.dumps(body["status"]), "the PEM is not echoed into the status"
     # putting a good key back makes it Ready again
     _patch_spec(
-        stack,
+        live_stack,
         account.namespace,
         "voicestoragesettings",
         "default",
         {"encryption": {"publicKey": key_pair().public_pem.decode()}},
     )
-    stack.wait_condition(account.namespace, "voicestoragesettings", "default", "Ready", "True")
+    live_stack.wait_condition(account.namespace, "voicestoragesettings", "default", "Ready", "True")
 
 
 # --- media on the node ------------------------------------------------------------------
 
 
-def test_media_missing_on_the_node(guarded: Stack) -> None:
-    account = stack.add_account()
+def test_media_missing_on_the_node(live_stack: Stack) -> None:
+    account = live_stack.add_account()
     ns = account.namespace
     # neighbours that must survive: same folder, same namespace, another namespace
-    sibling = stack.put_media("node-a", ns, "2026/11/sibling.wav", b"keep me")
-    other_ns = stack.put_media("node-a", f"{ns}-other", "2026/11/ghost.wav", b"keep me too")
-    _recording_without_media(stack, ns, "ghost", "2026/11/ghost.wav")
-    status = stack.wait_phase(ns, "ghost", *TERMINAL, timeout=60)["status"]
+    sibling = live_stack.put_media("node-a", ns, "2026/11/sibling.wav", b"keep me")
+    other_ns = live_stack.put_media("node-a", f"{ns}-other", "2026/11/ghost.wav", b"keep me too")
+    _recording_without_media(live_stack, ns, "ghost", "2026/11/ghost.wav")
+    status = live_stack.wait_phase(ns, "ghost", *TERMINAL, timeout=60)["status"]
     assert status["phase"] == "Failed", status
     assert status["errorCode"] == 16111 and status["errorClass"] == "Fatal"
     assert "not found" in status["errorMessage"], status
     assert sibling.read_bytes() == b"keep me"
     assert other_ns.read_bytes() == b"keep me too"
-    assert _bucket_keys(stack, account.s3) == []
+    assert _bucket_keys(live_stack, account.s3) == []
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
-def test_empty_recording(guarded: Stack, encrypted: bool) -> None:
-    account = stack.add_account(encrypted=encrypted)
-    stack.record(account, "silence", b"")
-    status = stack.wait_phase(account.namespace, "silence", *TERMINAL, timeout=60)["status"]
+def test_empty_recording(live_stack: Stack, encrypted: bool) -> None:
+    account = live_stack.add_account(encrypted=encrypted)
+    live_stack.record(account, "silence", b"")
+    status = live_stack.wait_phase(account.namespace, "silence", *TERMINAL, timeout=60)["status"]
     assert status["phase"] == "Completed", status
-    stored = stack.object_bytes(account, status["storage"]["objectKey"])
+    stored = live_stack.object_bytes(account, status["storage"]["objectKey"])
     assert len(stored) == (envelope.TAG_SIZE if encrypted else 0)
-    assert not stack.media_file("node-a", account.namespace, "2026/11/silence.wav").exists()
+    _wait_deleted(live_stack.media_file("node-a", account.namespace, "2026/11/silence.wav"))
     if encrypted:
         assert account.keys is not None
         details = envelope.EncryptionDetails.from_mapping(status["encryptionDetails"])
@@ -336,7 +346,7 @@ def test_empty_recording(guarded: Stack, encrypted: bool) -> None:
         assert out.getvalue() == b""
 
 
-def _escape_link(guarded: Stack, attacker: str, victim_file: Path, how: str) -> str:
+def _escape_link(stack: Stack, attacker: str, victim_file: Path, how: str) -> str:
     """Plant a symlink in the attacker's folder that leads to the victim's file; return
     the attacker's mediaPath that goes through it."""
     if how == "file-link":
@@ -357,44 +367,71 @@ def _escape_link(guarded: Stack, attacker: str, victim_file: Path, how: str) -> 
 
 
 @pytest.mark.parametrize("how", ["file-link", "absolute-link", "folder-link"])
-def test_symlink_into_another_namespaces_folder(guarded: Stack, how: str) -> None:
-    victim = stack.add_account()
-    attacker = stack.add_account()
+def test_symlink_into_another_namespaces_folder(live_stack: Stack, how: str) -> None:
+    victim = live_stack.add_account()
+    attacker = live_stack.add_account()
     secret_audio = b"RIFF victim's call " + os.urandom(500)
-    victim_file = stack.put_media("node-a", victim.namespace, "2026/11/private.wav", secret_audio)
-    media_path = _escape_link(stack, attacker.namespace, victim_file, how)
+    victim_file = live_stack.put_media(
+        "node-a", victim.namespace, "2026/11/private.wav", secret_audio
+    )
+    media_path = _escape_link(live_stack, attacker.namespace, victim_file, how)
 
-    _recording_without_media(stack, attacker.namespace, "steal", media_path)
-    status = stack.wait_phase(attacker.namespace, "steal", *TERMINAL, timeout=60)["status"]
+    _recording_without_media(live_stack, attacker.namespace, "steal", media_path)
+    status = live_stack.wait_phase(attacker.namespace, "steal", *TERMINAL, timeout=60)["status"]
     assert status["phase"] == "Failed", status
     assert status["errorCode"] == 16111 and status["errorClass"] == "Fatal"
     assert "outside the namespace's folder" in status["errorMessage"], status
     assert victim_file.read_bytes() == secret_audio, "the other namespace's file is untouched"
-    assert _bucket_keys(stack, attacker.s3) == [], "nothing was uploaded"
+    assert _bucket_keys(live_stack, attacker.s3) == [], "nothing was uploaded"
 
 
-def test_recording_on_a_node_that_does_not_exist(guarded: Stack) -> None:
-    account = stack.add_account(retry=SHORT_WINDOW)
+def test_media_path_that_is_not_a_file(live_stack: Stack) -> None:
+    """`x.wav` is a folder, a link to the namespace's own folder, or a named pipe: an
+    invalid media path, so fatal at once (16111) rather than two hours of retries (or a
+    hung uploader); nothing is deleted."""
+    account = live_stack.add_account(retry=SHORT_WINDOW)
+    ns = account.namespace
+    inside = live_stack.put_media("node-a", ns, "2026/11/folder.wav/inner.wav", b"keep")
+    own = live_stack.media_file("node-a", ns, "2026/11/self.wav")
+    own.symlink_to("../..")  # the namespace's folder itself
+    # a named pipe would block the uploader on open, holding the node's pod for its deadline
+    os.mkfifo(live_stack.media_file("node-a", ns, "2026/11/pipe.wav"))
+    cases = {"folder": "folder.wav", "itself": "self.wav", "pipe": "pipe.wav"}
+    for name, file in cases.items():
+        _recording_without_media(live_stack, ns, name, f"2026/11/{file}")
+    for name in cases:
+        status = live_stack.wait_phase(ns, name, *TERMINAL, timeout=60)["status"]
+        assert status["phase"] == "Failed", (name, status)
+        assert status["errorCode"] == 16111 and status["errorClass"] == "Fatal", status
+        assert "invalid media path" in status["errorMessage"], status
+    assert inside.read_bytes() == b"keep"
+    assert own.is_symlink()
+
+
+def test_recording_on_a_node_that_does_not_exist(live_stack: Stack) -> None:
+    account = live_stack.add_account(retry=SHORT_WINDOW)
     node = f"ghost-{uuid.uuid4().hex[:6]}"
-    assert node not in {n.metadata.name for n in stack.core.list_node().items}
-    _recording_without_media(stack, account.namespace, "nowhere", "2026/11/nowhere.wav", node=node)
-    retrying = stack.wait_phase(account.namespace, "nowhere", "Retrying", "Cached", timeout=60)
+    assert node not in {n.metadata.name for n in live_stack.core.list_node().items if n.metadata}
+    _recording_without_media(
+        live_stack, account.namespace, "nowhere", "2026/11/nowhere.wav", node=node
+    )
+    retrying = live_stack.wait_phase(account.namespace, "nowhere", "Retrying", "Cached", timeout=60)
     assert node in retrying["status"]["errorMessage"], retrying["status"]
-    cached = stack.wait_phase(account.namespace, "nowhere", *TERMINAL, timeout=60)["status"]
+    cached = live_stack.wait_phase(account.namespace, "nowhere", *TERMINAL, timeout=60)["status"]
     assert cached["phase"] == "Cached", cached
     assert cached["errorClass"] == "Transient" and cached["errorCode"] == 16111
     assert node in cached["errorMessage"] or node in (cached.get("message") or ""), cached
 
     # the operator still works for real nodes in the same namespace...
-    stack.record(account, "somewhere", b"RIFF" + os.urandom(100))
-    done = stack.wait_phase(account.namespace, "somewhere", *TERMINAL, timeout=60)["status"]
+    live_stack.record(account, "somewhere", b"RIFF" + os.urandom(100))
+    done = live_stack.wait_phase(account.namespace, "somewhere", *TERMINAL, timeout=60)["status"]
     assert done["phase"] == "Completed", done
     # ...and the recording for the missing node can still be deleted
-    stack.custom.delete_namespaced_custom_object(
+    live_stack.custom.delete_namespaced_custom_object(
         API_GROUP, API_VERSION, account.namespace, "recordings", "nowhere"
     )
     wait_for(
-        lambda: _gone(stack, account.namespace, "nowhere"),
+        lambda: _gone(live_stack, account.namespace, "nowhere"),
         timeout=60,
         what="the Recording for a missing node to be deleted",
     )
@@ -403,12 +440,12 @@ def test_recording_on_a_node_that_does_not_exist(guarded: Stack) -> None:
 # --- a burst ----------------------------------------------------------------------------
 
 
-def test_burst_of_30_mixed_recordings(guarded: Stack) -> None:
-    account = stack.add_account(retry=SHORT_WINDOW)
-    victim = stack.add_account()
+def test_burst_of_30_mixed_recordings(live_stack: Stack) -> None:
+    account = live_stack.add_account(retry=SHORT_WINDOW)
+    victim = live_stack.add_account()
     ns = account.namespace
-    victim_file = stack.put_media("node-a", victim.namespace, "2026/11/victim.wav", b"private")
-    link = stack.media_file("node-a", ns, "2026/11/escape.wav")
+    victim_file = live_stack.put_media("node-a", victim.namespace, "2026/11/victim.wav", b"private")
+    link = live_stack.media_file("node-a", ns, "2026/11/escape.wav")
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(victim_file)
 
@@ -419,21 +456,25 @@ def test_burst_of_30_mixed_recordings(guarded: Stack) -> None:
     for name, (kind, node) in plan.items():
         if kind in ("good", "empty"):
             data = b"" if kind == "empty" else os.urandom(1000 + 97 * len(name))
-            stack.put_media(node, ns, f"2026/11/{name}.wav", data)
+            live_stack.put_media(node, ns, f"2026/11/{name}.wav", data)
 
     def create(name: str) -> None:
         kind, node = plan[name]
         media_path = "2026/11/escape.wav" if kind == "escape" else f"2026/11/{name}.wav"
         _recording_without_media(
-            stack, ns, name, media_path, node="node-a" if kind == "escape" else node
+            live_stack, ns, name, media_path, node="node-a" if kind == "escape" else node
         )
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         list(pool.map(create, plan))
 
     def all_settled() -> dict[str, dict[str, Any]] | None:
-        items = stack.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, "recordings")
-        statuses = {i["metadata"]["name"]: i.get("status") or {} for i in items["items"]}  # type: ignore[index]
+        items = as_dict(
+            live_stack.custom.list_namespaced_custom_object(
+                API_GROUP, API_VERSION, ns, "recordings"
+            )
+        )
+        statuses = {i["metadata"]["name"]: i.get("status") or {} for i in items["items"]}
         done = all(s.get("phase") in TERMINAL for s in statuses.values())
         return statuses if done and len(statuses) == len(plan) else None
 
@@ -452,6 +493,6 @@ def test_burst_of_30_mixed_recordings(guarded: Stack) -> None:
         elif kind == "escape":
             assert "outside the namespace's folder" in status["errorMessage"], (name, status)
         else:
-            assert not stack.media_file(node, ns, f"2026/11/{name}.wav").exists()
+            _wait_deleted(live_stack.media_file(node, ns, f"2026/11/{name}.wav"))
     assert victim_file.read_bytes() == b"private"
-    assert len(_bucket_keys(stack, account.s3)) == expected["Completed"]
+    assert len(_bucket_keys(live_stack, account.s3)) == expected["Completed"]
