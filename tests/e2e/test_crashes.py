@@ -6,6 +6,8 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,10 @@ from tests.support.kube import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.s3, pytest.mark.slow]
 MIB = 1 << 20
+
+
+def media_gone(path: Path) -> Callable[[], bool]:
+    return lambda: not path.exists()
 
 
 def _statuses(stack: Stack, namespace: str, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -53,9 +59,10 @@ def test_operator_sigkilled_mid_batch_every_recording_completes_once(
     for name in names:
         status = live_stack.wait_phase(account.namespace, name, "Completed", timeout=120)["status"]
         assert live_stack.object_bytes(account, status["storage"]["objectKey"]) == data[name]
-        assert not live_stack.media_file(
+        media = live_stack.media_file(
             live_stack.nodes[names.index(name) % 2], account.namespace, f"2026/11/{name}.wav"
-        ).exists()
+        )
+        wait_for(media_gone(media), timeout=15, what="the media to be deleted")
     wait_for(
         lambda: all(
             any(c["type"] == "Stored" for c in s.get("conditions", []))

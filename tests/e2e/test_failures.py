@@ -11,6 +11,7 @@ import pytest
 
 from tests.bed.faultproxy import FaultProxy, Respond, Rule
 from tests.bed.stack import Stack
+from tests.support.kube import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.s3, pytest.mark.slow]
 SHORT_WINDOW = {"windowSeconds": 6, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2}
@@ -51,7 +52,8 @@ def test_slowdown_past_the_window_caches_then_manual_retry_completes(
     )
     assert retry.returncode == 0, retry.stderr
     done = live_stack.wait_phase(account.namespace, "busy", "Completed", timeout=60)["status"]
-    assert not media.exists()
+    # the uploader writes Completed, then deletes the media
+    wait_for(lambda: not media.exists(), timeout=15, what="the media to be deleted")
     assert "errorCode" not in done, "a stale error is cleared on success"
     live_stack.wait_event_reasons(account.namespace, "ManualRetry")
 

@@ -32,7 +32,8 @@ def test_recording_is_stored_deleted_locally_and_called_back(
     assert status["phase"] == "Completed", status
     key = status["storage"]["objectKey"]
     assert status["mediaUrl"] == f"https://{account.s3.bucket}.s3.us-east-1.amazonaws.com/{key}"
-    assert not media.exists(), "local media deleted after success"
+    # the uploader writes Completed, then deletes the media
+    wait_for(lambda: not media.exists(), timeout=15, what="local media deleted after success")
     stored = live_stack.object_bytes(account, key)
     if encrypted:
         assert account.keys is not None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tests.bed.stack import Account, Stack
@@ -46,7 +48,7 @@ def check(
             stored = stack.object_bytes(account, key)
             if _plain(stored, status, account) != payload:
                 out.corrupt.append(name)
-            if media.exists():
+            if not _gone_soon(media):
                 out.lost.append(f"{name}: Completed but the media is still on the node")
         elif phase == "Cached":
             if not media.exists():
@@ -59,6 +61,16 @@ def check(
         if phase in ("Completed", "Failed") and key in open_keys:
             out.open_uploads.append(name)
     return out
+
+
+def _gone_soon(path: Path, timeout: float = 15) -> bool:
+    """The uploader deletes the media just after writing Completed: allow it a moment."""
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _plain(stored: bytes, status: dict[str, Any], account: Account) -> bytes:

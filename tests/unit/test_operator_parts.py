@@ -300,3 +300,27 @@ def test_batch_item_round_trip() -> None:
     )
     spec = BatchSpec(pod="p", node="n", items=[item])
     assert BatchSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_each_batch_item_gets_its_own_namespaces_credentials() -> None:
+    """Regression: with an entry dropped before the batch was built, another tenant's keys
+    were once numbered into the first credential file."""
+    from voicevault.operator.config import OperatorConfig
+    from voicevault.operator.scheduler import Scheduler
+
+    async def unused(*_: object) -> None:
+        raise AssertionError("no I/O expected")
+
+    scheduler = Scheduler(None, OperatorConfig(), unused, unused)  # type: ignore[arg-type]
+    a, b = _entry("a1", "n1", NOW), _entry("b1", "n1", NOW)
+    b.namespace = "tenant-b"
+    found = {
+        ("ns", "c"): CredentialFile(access_key_id="KEY-OF-TENANT-A", secret_access_key="sa"),
+        ("tenant-b", "c"): CredentialFile(access_key_id="KEY-OF-TENANT-B", secret_access_key="sb"),
+    }
+    batch, files = scheduler._batch("p", "n1", [b], found)
+    assert [i.credential for i in batch.items] == ["credential-0.json"]
+    assert files == {"credential-0.json": found[("tenant-b", "c")]}
+    both, files = scheduler._batch("p", "n1", [a, b], found)
+    by_namespace = {i.namespace: files[i.credential].access_key_id for i in both.items}
+    assert by_namespace == {"ns": "KEY-OF-TENANT-A", "tenant-b": "KEY-OF-TENANT-B"}
