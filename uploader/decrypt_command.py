@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         )
         written = _decrypt_to(args.input, args.output, content_key, size)
     except envelope.DecryptionError as exc:
-        print(f"voicevault decrypt: error: {exc}", file=sys.stderr)
+        hint = f" (set ${PASSWORD_ENV})" if "password" in str(exc) and not password else ""
+        print(f"voicevault decrypt: error: {exc}{hint}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:
         print(f"voicevault decrypt: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
