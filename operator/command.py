@@ -103,6 +103,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=float(_env("VALIDATION_INTERVAL", str(defaults.validation_interval))),
         help="seconds between bucket re-validations",
     )
+    other.add_argument(
+        "--resync-interval",
+        type=float,
+        default=float(_env("RESYNC_INTERVAL", str(defaults.resync_interval))),
+        help="seconds between looks at every recording, whatever the watch delivered",
+    )
     other.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "8080")))
     other.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8081")))
     other.add_argument("--bind-address", default=_env("BIND_ADDRESS", "0.0.0.0"))  # noqa: S104 - in a pod
@@ -138,6 +144,7 @@ def config_from(args: argparse.Namespace) -> OperatorConfig:
         pod_start_timeout=args.pod_start_timeout,
         poll_interval=args.poll_interval,
         validation_interval=args.validation_interval,
+        resync_interval=args.resync_interval,
     )
 
 

@@ -38,5 +38,7 @@ class OperatorConfig:
     poll_interval: float = 2.0  # seconds between looks at running uploader pods
     pod_start_timeout: float = 300.0  # a pod not running by then is given up on
     validation_interval: float = 1800.0  # re-validate each bucket this often (seconds)
+    # look at every unfinished recording again this often, whatever the watch delivered
+    resync_interval: float = 600.0
     callback_attempts: int = 5
     callback_timeout: float = 10.0

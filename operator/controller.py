@@ -90,6 +90,7 @@ class Controller:
         self._tasks = [
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self._validation_loop(), name="validation"),
+            asyncio.create_task(self._resync_loop(), name="resync"),
             *(
                 asyncio.create_task(self._event_poster(), name=f"events-{i}")
                 for i in range(EVENT_POSTERS)
@@ -357,6 +358,26 @@ class Controller:
                     ),
                     voicestoragesetting.KIND,
                 )
+
+    async def _resync_loop(self) -> None:
+        """Every unfinished recording is looked at again now and then.
+
+        Watches can miss nothing in theory; in practice an event handled while the API was
+        down, or a pod that ended while this operator was not looking, would otherwise
+        leave a recording waiting for an event that never comes.
+        """
+        while True:
+            await asyncio.sleep(self.config.resync_interval)
+            try:
+                bodies = await self.kube.list_objects(recording.PLURAL)
+            except Exception:
+                log.exception("resync: cannot list recordings")
+                continue
+            for body in bodies:  # a settled recording costs no API call here
+                try:
+                    await self.on_recording(body)
+                except Exception:
+                    log.exception("resync failed", extra={"object": body["metadata"].get("name")})
 
     async def _validation_loop(self) -> None:
         while True:

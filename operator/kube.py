@@ -168,11 +168,27 @@ class Kube:
                 return None
             raise
 
-    async def list_objects(self, plural: str) -> list[dict[str, Any]]:
-        result = await self._call(
-            "list", plural, self.custom.list_cluster_custom_object, API_GROUP, API_VERSION, plural
-        )
-        return list(result.get("items", []))
+    async def list_objects(self, plural: str, page_size: int = 500) -> list[dict[str, Any]]:
+        """Every object of a kind, in pages (bounded responses, whatever the count)."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": page_size}
+            if token:
+                kwargs["_continue"] = token
+            page = await self._call(
+                "list",
+                plural,
+                self.custom.list_cluster_custom_object,
+                API_GROUP,
+                API_VERSION,
+                plural,
+                **kwargs,
+            )
+            items.extend(page.get("items", []))
+            token = page.get("metadata", {}).get("continue")
+            if not token:
+                return items
 
     # -- core ------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from voicevault.crds.recording import FINALIZER, PLURAL, Phase
@@ -47,6 +47,8 @@ log = logging.getLogger("voicevault.operator.scheduler")
 CredentialResolver = Callable[[str, str], Awaitable[CredentialFile | str]]
 EventPoster = Callable[[dict[str, Any], Event], Awaitable[None]]
 Clock = Callable[[], datetime]
+RELAUNCH_DELAY = timedelta(seconds=5)
+API_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # reading a recording after its pod ended
 
 
 @dataclass
@@ -184,47 +186,57 @@ class Scheduler:
         active = ActivePod(name=name, node=node, items=[], secret=name, started=self.clock())
         self.active[node] = active  # before any write: a Scheduled event must find the pod
         try:
-            if not await self.kube.node_exists(node):
-                await self._node_missing(node, entries)
-                return
-            found, usable = await self._credentials(entries)
-            marked = await asyncio.gather(*(self._mark_scheduled(e, name) for e in usable))
-            active.items = [e for e, ok in zip(usable, marked, strict=True) if ok]
-            if not active.items:
-                return
-            # numbered over the items actually in the batch, so each item's credential file
-            # is its own namespace's even when an earlier entry was dropped as stale
-            batch, credentials = self._batch(name, node, active.items, found)
-            manifest = pods.uploader_pod(name, node, name, self.config.pods)
-            namespace = self.config.pods.namespace
-            try:
-                await self.kube.create_secret(
-                    namespace, pods.batch_secret(name, namespace, batch, credentials)
-                )
-                created = await self.kube.create_pod(namespace, manifest)
-                active.uid = created["metadata"]["uid"]
-                await self.kube.set_owner(namespace, name, pods.owner_reference(created))
-            except Exception as exc:
-                reason = getattr(exc, "reason", None) or type(exc).__name__
-                log.error("cannot create uploader pod on %s: %s", node, reason, extra={"pod": name})
-                await self.kube.delete_pod(namespace, name, grace_seconds=0)
-                await self.kube.delete_secret(namespace, name)
-                await self._fail_all(active, f"could not create the uploader pod: {reason}")
-                return
-            metrics.PODS_CREATED.inc()
-            log.info(
-                "uploader pod created",
-                extra={
-                    "pod": name,
-                    "node": node,
-                    "items": len(active.items),
-                    "event": "pod_created",
-                },
-            )
+            await self._launch_batch(active, entries)
+        except Exception:
+            log.exception("launching an uploader pod on %s failed; its work is queued again", node)
+            for entry in entries:
+                if entry not in active.items:  # claimed ones are found again as pod-lost
+                    entry.due = self.clock() + RELAUNCH_DELAY
+                    self.queues.put(entry)
         finally:
             if not active.items or active.uid is None:
                 self.active.pop(node, None)
             metrics.PODS_ACTIVE.set(len(self.active))
+
+    async def _launch_batch(self, active: ActivePod, entries: list[QueueEntry]) -> None:
+        node, name = active.node, active.name
+        if not await self.kube.node_exists(node):
+            await self._node_missing(node, entries)
+            return
+        found, usable = await self._credentials(entries)
+        marked = await asyncio.gather(*(self._mark_scheduled(e, name) for e in usable))
+        active.items = [e for e, ok in zip(usable, marked, strict=True) if ok]
+        if not active.items:
+            return
+        # numbered over the items actually in the batch, so each item's credential file
+        # is its own namespace's even when an earlier entry was dropped as stale
+        batch, credentials = self._batch(name, node, active.items, found)
+        manifest = pods.uploader_pod(name, node, name, self.config.pods)
+        namespace = self.config.pods.namespace
+        try:
+            await self.kube.create_secret(
+                namespace, pods.batch_secret(name, namespace, batch, credentials)
+            )
+            created = await self.kube.create_pod(namespace, manifest)
+            active.uid = created["metadata"]["uid"]
+            await self.kube.set_owner(namespace, name, pods.owner_reference(created))
+        except Exception as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            log.error("cannot create uploader pod on %s: %s", node, reason, extra={"pod": name})
+            await self.kube.delete_pod(namespace, name, grace_seconds=0)
+            await self.kube.delete_secret(namespace, name)
+            await self._fail_all(active, f"could not create the uploader pod: {reason}")
+            return
+        metrics.PODS_CREATED.inc()
+        log.info(
+            "uploader pod created",
+            extra={
+                "pod": name,
+                "node": node,
+                "items": len(active.items),
+                "event": "pod_created",
+            },
+        )
 
     async def _credentials(
         self, entries: list[QueueEntry]
@@ -306,6 +318,7 @@ class Scheduler:
                 public_key=e.snapshot.public_key,
                 public_key_sid=e.snapshot.public_key_sid,
                 credential=refs[(e.namespace, e.snapshot.credential_name)],
+                credential_name=e.snapshot.credential_name,
             )
             for e in entries
         ]
@@ -339,7 +352,7 @@ class Scheduler:
                     bucket=i.bucket,
                     object_key=i.object_key,
                     media_url=i.media_url,
-                    credential_name="",
+                    credential_name=i.credential_name,
                     public_key_sid=i.public_key_sid,
                     public_key=i.public_key,
                     retry_window_seconds=1,
@@ -436,11 +449,8 @@ class Scheduler:
         pod: dict[str, Any] | None,
     ) -> None:
         """Turn one item's result into its next status (only if the pod still owns it)."""
-        try:
-            body = await self.kube.get_status(PLURAL, entry.namespace, entry.name)
-        except Exception as exc:
-            if not is_status(exc, 404):
-                log.warning("cannot read %s after its pod: %s", entry.ref, type(exc).__name__)
+        body = await self._read_recording(entry)
+        if body is None:
             return
         rec = RecordingView.from_body(body)
         if rec.uid != entry.uid or rec.pod != active.name:
@@ -456,6 +466,25 @@ class Scheduler:
         )
         if written is not None and event is not None:
             await self.post_event(body, event)
+
+    async def _read_recording(self, entry: QueueEntry) -> dict[str, Any] | None:
+        """The recording, read again after its pod ended; retried while the API is away
+        (an apiserver restart must not leave a recording claimed by a finished pod)."""
+        for delay in (*API_RETRY_DELAYS, None):
+            try:
+                body: dict[str, Any] = await self.kube.get_status(
+                    PLURAL, entry.namespace, entry.name
+                )
+            except Exception as exc:
+                if is_status(exc, 404):
+                    return None
+                if delay is None:
+                    log.warning("cannot read %s after its pod: %s", entry.ref, type(exc).__name__)
+                    return None
+                await asyncio.sleep(delay)
+            else:
+                return body
+        return None
 
     def _next_status(
         self,

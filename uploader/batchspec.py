@@ -41,6 +41,7 @@ class BatchItem(_Wire):
     public_key: str | None = None
     public_key_sid: str | None = None
     credential: str  # file name of the credential in the batch Secret
+    credential_name: str = ""  # the AwsCredential it came from (for a restarted operator)
 
 
 class BatchSpec(_Wire):

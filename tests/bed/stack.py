@@ -89,6 +89,8 @@ class OperatorProcess:
             "1",
             "--validation-interval",
             "600",
+            "--resync-interval",
+            "3",
             "--metrics-port",
             str(self.metrics_port),
             "--health-port",
