@@ -47,6 +47,7 @@ import platform
 import re
 import resource
 import shlex
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -54,7 +55,8 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Literal
 
 import boto3
 from botocore.config import Config
@@ -109,10 +111,13 @@ client.upload_file(path, bucket, key)
 # -- variants and samples -------------------------------------------------------------------
 
 
+Kind = Literal["boto3", "boto3-proc", "vv"]
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
-    kind: str  # "boto3", "boto3-proc" or "vv"
+    kind: Kind
     encrypted: bool = False
     part_size: int | None = None  # MiB; None: the command's default
     concurrency: int | None = None
@@ -136,8 +141,10 @@ _VARIANT_RE = re.compile(r"(?P<base>vv-plain|vv-enc)(?::(?P<part>\d+)x(?P<conc>\
 
 
 def parse_variant(text: str) -> Variant:
-    if text in ("boto3", "boto3-proc"):
-        return Variant(text, text)
+    if text == "boto3":
+        return Variant(text, "boto3")
+    if text == "boto3-proc":
+        return Variant(text, "boto3-proc")
     match = _VARIANT_RE.fullmatch(text)
     if match is None:
         raise argparse.ArgumentTypeError(
@@ -175,6 +182,8 @@ class ServerRun:
     version: str
     cells: dict[int, list[Cell]]  # size (MiB) -> cells in variant order
     startup: dict[str, float]  # subprocess variant -> median seconds for a 1 KiB file
+    wall: float = 0.0  # seconds this server's runs took
+    foreign_cpu: float = 0.0  # CPU-seconds other processes on the machine used meanwhile
 
 
 # -- running --------------------------------------------------------------------------------
@@ -320,6 +329,7 @@ def bench_server(
     public_key: Path,
 ) -> ServerRun:
     log(f"starting {name}")
+    started, before = time.perf_counter(), cpu_snapshot()
     with start_server(name) as (server, version):
         account = server.add_bucket("bench", "recordings/")
         bench = Bench(account, server.admin_client(), workdir, public_key, bench_env(account))
@@ -337,7 +347,27 @@ def bench_server(
             size: run_rounds(bench, f"{name} {size} MiB", variants, path, size * MIB, repeat)
             for size, path in media.items()
         }
-        return ServerRun(name, version, cells, startup)
+        result = ServerRun(name, version, cells, startup)
+    # the server has been reaped, so its CPU time is in this process's children's now
+    after = cpu_snapshot()
+    result.wall = time.perf_counter() - started
+    result.foreign_cpu = max(0.0, (after[0] - before[0]) - (after[1] - before[1]))
+    return result
+
+
+def cpu_snapshot() -> tuple[float, float]:
+    """CPU-seconds the machine has been busy, and those of this process and its children."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    own = sum(
+        r.ru_utime + r.ru_stime
+        for r in (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+    )
+    return busy, own
 
 
 def run_rounds(
@@ -459,10 +489,10 @@ def verdicts(run: ServerRun) -> list[str]:
         median = statistics.median(ratios)
         part = (
             f"{'**met**' if median >= 1.0 else '**not met**'} against "
-            f"{base.variant.describe()} (median {median:.2f}x, rounds "
+            f"{base.variant.describe()} (median {median:.3f}x, rounds "
             f"{min(ratios):.2f}x-{max(ratios):.2f}x"
         )
-        net = net_ratio(enc, base, run.startup)
+        net = net_ratio(enc, base, run.startup) if base.variant.in_process else None
         if net is not None:
             part += f"; {net:.2f}x once its {run.startup[enc.variant.name]:.2f} s start-up is off"
         parts.append(part + ")")
@@ -538,7 +568,7 @@ def report(runs: Sequence[ServerRun], repeat: int, command: str, load: float) ->
         "than boto3); 'net of start-up' takes each subprocess variant's fixed cost (its "
         "median time for a 1 KiB file) off its time before comparing with in-process boto3. "
         "Peak RSS is the measured process's `ru_maxrss`; client CPU is its user+sys time. "
-        "voicevault runs with its defaults (8 MiB parts, 4 in flight) unless the variant "
+        "voicevault runs with its defaults (8 MiB parts, 3 in flight) unless the variant "
         "says otherwise; boto3 with s3transfer's (8 MiB parts, 10 threads).",
     ]
     for run in runs:
@@ -546,6 +576,14 @@ def report(runs: Sequence[ServerRun], repeat: int, command: str, load: float) ->
         lines += ["", f"### {run.server}", "", *table(run), ""]
         if startup:
             lines += [f"Fixed cost of a fresh process (1 KiB file, median): {startup}.", ""]
+        cores = len(os.sched_getaffinity(0))
+        share = run.foreign_cpu / (run.wall * cores) if run.wall else 0.0
+        lines += [
+            f"Other processes on the machine used {run.foreign_cpu:.0f} CPU-s during these "
+            f"{run.wall:.0f} s ({share:.0%} of the {cores} cores)"
+            + (": a busy machine, read these numbers as noisy." if share > 0.05 else "."),
+            "",
+        ]
         lines += ["Targets:", "", *verdicts(run)]
     return "\n".join(lines) + "\n"
 
@@ -603,8 +641,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # so the servers stop and the temp files go
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     servers = ["moto", "minio"] if args.server == "both" else [args.server]
     executable = Path(sys.executable)
     with contextlib.suppress(ValueError):

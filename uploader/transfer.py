@@ -66,7 +66,11 @@ log = logging.getLogger("voicevault.uploader")
 class TransferConfig:
     multipart_threshold: int = 16 * MIB
     part_size: int = 8 * MIB
-    concurrency: int = 4
+    # parts in flight; with the part being prepared that is 4 buffers of 8 MiB, which keeps
+    # the command under 100 MiB RSS and still saturates S3 (BENCHMARKS.md)
+    concurrency: int = 3
+    # memory for part buffers; larger parts (objects over ~78 GiB) mean fewer in flight
+    buffer_budget: int = 32 * MIB
     # a part the server rejected as corrupted (checksum mismatch) is re-sent this often
     part_attempts: int = 3
 
@@ -461,7 +465,7 @@ class _Multipart:
         size, part_size = state.object_size, state.part_size
         count = part_count(size, part_size)
         content_key = _content_key(state.encryption)
-        workers = max(1, self.config.concurrency)
+        workers = max(1, min(self.config.concurrency, self.config.buffer_budget // part_size - 1))
         pool: queue.Queue[bytearray] = queue.Queue()
         for _ in range(workers + 1):
             pool.put(bytearray(part_size + BUFFER_SLACK))

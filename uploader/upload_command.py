@@ -56,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--state-dir", type=Path, default=None, help="resume state folder")
     parser.add_argument("--part-size", type=int, default=8, metavar="MIB", help="default 8")
-    parser.add_argument("--concurrency", type=int, default=4, metavar="N", help="default 4")
+    parser.add_argument("--concurrency", type=int, default=3, metavar="N", help="default 3")
     parser.add_argument(
         "--timeout", type=float, default=60.0, metavar="SECONDS", help="read timeout (default 60)"
     )
