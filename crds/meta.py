@@ -74,8 +74,3 @@ class LocalSecretKeyRef(KubeModel):
             "condition: a Secret must live in the same namespace as the resource."
         ),
     )
-
-
-def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
-    """The condition of that type, if present."""
-    return next((c for c in conditions if c.type == type_), None)

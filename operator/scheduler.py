@@ -14,11 +14,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from voicevault.crds.recording import FINALIZER, PLURAL, Phase
+from voicevault.crds.recording import FINALIZER, PLURAL, Phase, StorageSnapshot
 from voicevault.operator import metrics, pods
 from voicevault.operator.config import OperatorConfig
 from voicevault.operator.kube import Kube, is_status
@@ -60,12 +60,6 @@ class ActivePod:
     started: datetime
     uid: str | None = None
     seen: bool = False  # listed at least once since creation
-
-
-@dataclass
-class _Tally:
-    requests: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
 
 
 def utcnow() -> datetime:
@@ -139,6 +133,12 @@ class Scheduler:
                 uid=meta.get("uid"),
                 seen=True,
             )
+        # a batch Secret whose pod is gone (a crash between creating the two) holds keys
+        known = {p.secret for p in self.active.values()}
+        for secret in await self.kube.list_secrets(namespace, pods.SELECTOR):
+            name = secret.metadata.name if secret.metadata else None
+            if name and name not in known:
+                await self.kube.delete_secret(namespace, name)
         metrics.PODS_ACTIVE.set(len(self.active))
         self._ready = True
         log.info("adopted %d uploader pods", len(self.active))
@@ -332,8 +332,6 @@ class Scheduler:
             batch = BatchSpec.model_validate_json(found[1][BATCH_FILE])
         except ValueError:
             return None
-        from voicevault.crds.recording import StorageSnapshot
-
         now = self.clock()
         return [
             QueueEntry(
