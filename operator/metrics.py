@@ -11,6 +11,10 @@ UPLOADS = Counter(
     ["result"],
 )
 UPLOADED_BYTES = Counter("voicevault_uploaded_bytes_total", "Media bytes stored in buckets.")
+PARTS_RESENT = Counter(
+    "voicevault_upload_parts_resent_total",
+    "Upload bodies the storage rejected as corrupted in transit (checksum) and re-sent.",
+)
 UPLOAD_LATENCY = Histogram(
     "voicevault_recording_store_seconds",
     "Time from a Recording's creation to Completed.",

@@ -411,6 +411,7 @@ class Scheduler:
         try:
             outcome, why = _outcome(pod, lost)
             results = outcome.results if outcome else []
+            metrics.PARTS_RESENT.inc(outcome.parts_resent if outcome else 0)
             await asyncio.gather(
                 *(
                     self._apply(entry, active, results[i] if i < len(results) else None, why, pod)

@@ -98,7 +98,8 @@ def run_batch(
     with ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
         for future in [pool.submit(work, i, item) for i, item in enumerate(spec.items)]:
             future.result()
-    return BatchOutcome(results=results)
+    resent = sum(r.parts_resent for r in results if r is not None)
+    return BatchOutcome(results=results, parts_resent=resent)
 
 
 def _process(
@@ -142,10 +143,14 @@ def _process(
         | {"event": "stored", "resumed": result.resumed, "parts_resent": result.parts_resent},
     )
     if not reporter.completed(item, result):
-        return ItemResult(kind="completed-unrecorded", message="stored; status not written yet")
+        return ItemResult(
+            kind="completed-unrecorded",
+            message="stored; status not written yet",
+            parts_resent=result.parts_resent,
+        )
     delete_media(path)
     store.wipe(item.sid)
-    return ItemResult(kind="completed")
+    return ItemResult(kind="completed", parts_resent=result.parts_resent)
 
 
 def _request(item: BatchItem, path: Path) -> UploadRequest:

@@ -96,24 +96,27 @@ class ItemResult(BaseModel):
     kind: ResultKind
     error_code: int | None = None
     message: str = ""
+    parts_resent: int = 0  # summed into the batch outcome; not sent per item
 
 
 class BatchOutcome(BaseModel):
     """Results in batch order; `None` where the pod never got to the item."""
 
     results: list[ItemResult | None] = Field(default_factory=list)
+    parts_resent: int = 0  # bodies the storage rejected as corrupted in transit and re-sent
 
     def encode(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
         """Compact JSON that fits in `limit` bytes; messages are shortened, then dropped.
 
-        Format: {"v":1,"r":["C","T16111:0",...],"m":["message 0",...]} where each result is
-        a kind letter, an optional error code and an index into the de-duplicated messages.
+        Format: {"v":1,"r":["C","T16111:0",...],"m":["message 0",...],"p":N} where each result
+        is a kind letter, an optional error code and an index into the de-duplicated messages,
+        and N counts the parts re-sent after a checksum mismatch.
         """
         for max_message in (200, 80, 30, 0):
             text = self._encode(max_message)
             if len(text.encode()) <= limit:
                 return text
-        return json.dumps({"v": 1, "r": [], "m": []}, separators=(",", ":"))
+        return json.dumps({"v": 1, "r": [], "m": [], "p": self.parts_resent}, separators=(",", ":"))
 
     def _encode(self, max_message: int) -> str:
         messages: list[str] = []
@@ -129,7 +132,8 @@ class BatchOutcome(BaseModel):
                     messages.append(text)
                 code += f":{messages.index(text)}"
             codes.append(code)
-        return json.dumps({"v": 1, "r": codes, "m": messages}, separators=(",", ":"))
+        encoded = {"v": 1, "r": codes, "m": messages, "p": self.parts_resent}
+        return json.dumps(encoded, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str) -> BatchOutcome | None:
@@ -142,7 +146,7 @@ class BatchOutcome(BaseModel):
             results: list[ItemResult | None] = []
             for code in raw.get("r", []):
                 results.append(_decode_one(str(code), messages))
-            return cls(results=results)
+            return cls(results=results, parts_resent=int(raw.get("p", 0)))
         except (ValueError, TypeError, KeyError, IndexError):
             return None
 

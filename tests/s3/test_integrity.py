@@ -133,3 +133,56 @@ def test_resumed_upload_checks_skipped_parts_against_server_checksums(
         "the mismatching part was not trusted"
     )
     assert minio_s3.admin_client().get_object(Bucket=account.bucket, Key=key)["Body"].read() == data
+
+
+def test_batch_outcome_counts_the_resent_part(minio_s3: S3Server, tmp_path: Path) -> None:
+    """What the operator's voicevault_upload_parts_resent_total adds up, from a pod's batch."""
+    import threading
+
+    from tests.bed.fixtures import unique_name
+    from voicevault.uploader.batch import BatchSettings, run_batch
+    from voicevault.uploader.batchspec import BatchItem, BatchSpec
+
+    account = minio_s3.add_bucket(unique_name("batchresend"), "calls/")
+    (tmp_path / "ns").mkdir()
+    (tmp_path / "ns" / "x.wav").write_bytes(os.urandom(2 * MIB))
+
+    class Accepting:
+        def progress(self, *_: object) -> bool:
+            return True
+
+        def completed(self, *_: object) -> bool:
+            return True
+
+        def failed(self, *_: object) -> bool:
+            return True
+
+    with FaultProxy(minio_s3.endpoint_url) as proxy:
+        proxy.add_rule(Rule(action=CorruptRequestByte(offset=99), method="PUT", times=1))
+        url = f"{proxy.url}/{account.bucket}/calls/"
+        item = BatchItem(
+            namespace="ns",
+            name="x",
+            uid="u",
+            sid="RE" + "e" * 32,
+            media_path="x.wav",
+            bucket_url=url,
+            endpoint_url=proxy.url,
+            region=account.region,
+            bucket=account.bucket,
+            object_key="calls/x.wav",
+            media_url=url + "x.wav",
+            credential="c",
+        )
+        keys = AwsKeys(account.access_key_id, account.secret_access_key)
+        outcome = run_batch(
+            BatchSpec(pod="p", node="n", items=[item]),
+            BatchSettings(media_root=tmp_path, state_dir=tmp_path / "state"),
+            Accepting(),
+            lambda i: make_client(
+                parse_bucket_url(i.bucket_url, endpoint_url=i.endpoint_url, region=i.region), keys
+            ),
+            threading.Event(),
+        )
+    assert outcome.results[0] is not None and outcome.results[0].kind == "completed"
+    assert outcome.parts_resent == 1

@@ -324,3 +324,11 @@ def test_each_batch_item_gets_its_own_namespaces_credentials() -> None:
     both, files = scheduler._batch("p", "n1", [a, b], found)
     by_namespace = {i.namespace: files[i.credential].access_key_id for i in both.items}
     assert by_namespace == {"ns": "KEY-OF-TENANT-A", "tenant-b": "KEY-OF-TENANT-B"}
+
+
+def test_outcome_carries_the_count_of_resent_parts() -> None:
+    outcome = BatchOutcome(
+        results=[ItemResult(kind="completed", parts_resent=2), None], parts_resent=2
+    )
+    decoded = BatchOutcome.decode(outcome.encode())
+    assert decoded is not None and decoded.parts_resent == 2
