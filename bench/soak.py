@@ -9,7 +9,9 @@ and injects faults on a schedule: S3 503 bursts and connection resets all along,
 pods killed, an apiserver restart, and operator SIGKILLs in the first quarter only (so the
 rest of the run shows whether the operator's memory grows). At the end it waits for every
 recording to settle and reports recordings processed, faults injected by kind, losses and
-corrupted objects (both must be 0), and the operator's RSS over time.
+corrupted objects (both must be 0), and the operator's RSS over time with its trend.
+Exit status: 0 clean, 1 a recording lost or corrupted, 2 the operator's memory kept
+growing (the last third of the samples over 10% above the first third).
 """
 
 from __future__ import annotations
@@ -42,6 +44,21 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_trend(samples: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """(MiB per hour by least squares, mean of the first third, mean of the last third)."""
+    if len(samples) < 3:
+        return 0.0, samples[0][1] if samples else 0.0, samples[-1][1] if samples else 0.0
+    n = len(samples)
+    mean_t = sum(t for t, _ in samples) / n
+    mean_m = sum(m for _, m in samples) / n
+    spread = sum((t - mean_t) ** 2 for t, _ in samples) or 1.0
+    slope = sum((t - mean_t) * (m - mean_m) for t, m in samples) / spread
+    third = max(1, n // 3)
+    first = sum(m for _, m in samples[:third]) / third
+    last = sum(m for _, m in samples[-third:]) / third
+    return slope * 3600, first, last
 
 
 class Soak:
@@ -123,7 +140,15 @@ def main() -> int:
                 s3,
                 workdir / "stack",
                 nodes=nodes,
-                operator_args=["--poll-interval", "1", "--log-level", "warning"],
+                # a resync every minute (the test bed's is 3 s, the default 10 min)
+                operator_args=[
+                    "--poll-interval",
+                    "1",
+                    "--resync-interval",
+                    "60",
+                    "--log-level",
+                    "warning",
+                ],
             ).start()
             try:
                 accounts = [
@@ -189,7 +214,16 @@ def main() -> int:
                     f"end {steady[-1][1]:.0f} MiB at {steady[-1][0]:.0f}s, max {max(m for _, m in steady):.0f} MiB"
                 )
                 print("operator RSS samples     " + " ".join(f"{m:.0f}" for _, m in steady))
-                return 0 if not lost and not corrupt else 1
+                per_hour, first, last = rss_trend(steady)
+                growing = last > first * 1.10 and per_hour > 0
+                print(
+                    f"operator RSS trend       {per_hour:+.1f} MiB/h; mean of the first third "
+                    f"{first:.0f} MiB, last third {last:.0f} MiB: "
+                    + ("GROWING" if growing else "no growth trend")
+                )
+                if lost or corrupt:
+                    return 1
+                return 2 if growing else 0
             finally:
                 stack.stop()
 

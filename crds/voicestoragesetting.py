@@ -124,11 +124,15 @@ class Encryption(KubeModel):
 class RetryPolicySpec(KubeModel):
     """How long transient failures are retried before the media is kept cached on its node."""
 
-    window_seconds: int = Field(
-        default=7200,
+    window_seconds: int | None = Field(
+        default=None,
         ge=1,
         le=7 * 24 * 3600,
-        description="Retry window from the first failure (seed: 2 hours).",
+        description=(
+            "Retry window from the first failure. Default: the operator's "
+            "--default-retry-window (chart value operator.defaultRetryWindowSeconds), "
+            "7200 s (the seed's 2 hours) unless the platform changed it."
+        ),
     )
     initial_backoff_seconds: int = Field(
         default=30, ge=1, le=3600, description="First delay between attempts."
@@ -176,7 +180,7 @@ class VoiceStorageSettingSpec(KubeModel):
     encryption: Encryption | None = None
     retry: RetryPolicySpec = Field(
         default_factory=RetryPolicySpec,
-        # an empty object by default, so the apiserver fills in and shows the effective window
+        # an empty object by default, so the apiserver fills in and shows the backoff defaults
         json_schema_extra={"default": {}},
     )
     status_callback: StatusCallbackDefaults | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from typing import Any
@@ -15,6 +16,21 @@ log = logging.getLogger("voicevault.operator")
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"VOICEVAULT_{name}", default)
+
+
+def _json_of(kind: type) -> Any:
+    """An argparse type: JSON text that must decode to `kind` (a list or a dict)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not JSON: {text[:80]!r}") from None
+        if not isinstance(value, kind):
+            raise argparse.ArgumentTypeError(f"must be a JSON {kind.__name__}")
+        return value
+
+    return parse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,64 +69,89 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--uploader-uid",
         type=int,
-        default=int(_env("UPLOADER_UID", str(pods.run_as_user))),
+        default=_env("UPLOADER_UID", str(pods.run_as_user)),
         help="UID the uploader runs as (match the recording service)",
     )
     group.add_argument(
-        "--uploader-gid", type=int, default=int(_env("UPLOADER_GID", str(pods.run_as_group)))
+        "--uploader-gid", type=int, default=_env("UPLOADER_GID", str(pods.run_as_group))
     )
     group.add_argument(
         "--uploader-memory-limit", default=_env("UPLOADER_MEMORY_LIMIT", pods.memory_limit)
     )
     group.add_argument(
+        "--uploader-memory-request", default=_env("UPLOADER_MEMORY_REQUEST", pods.memory_request)
+    )
+    group.add_argument(
+        "--uploader-cpu-request", default=_env("UPLOADER_CPU_REQUEST", pods.cpu_request)
+    )
+    group.add_argument(
+        "--uploader-node-selector",
+        type=_json_of(dict),
+        default=_env("UPLOADER_NODE_SELECTOR", "{}"),
+        help="JSON object of the labels every recording node carries",
+    )
+    group.add_argument(
+        "--uploader-tolerations",
+        type=_json_of(list),
+        default=_env("UPLOADER_TOLERATIONS", "[]"),
+        help="JSON list of tolerations for uploader pods (taints of recording nodes)",
+    )
+    group.add_argument(
         "--upload-concurrency",
         type=int,
-        default=int(_env("UPLOAD_CONCURRENCY", str(pods.concurrency))),
+        default=_env("UPLOAD_CONCURRENCY", str(pods.concurrency)),
         help="recordings uploaded at once in a pod",
     )
     group.add_argument(
         "--part-concurrency",
         type=int,
-        default=int(_env("PART_CONCURRENCY", str(pods.part_concurrency))),
+        default=_env("PART_CONCURRENCY", str(pods.part_concurrency)),
     )
     group.add_argument(
         "--progress-interval",
         type=float,
-        default=float(_env("PROGRESS_INTERVAL", str(pods.progress_interval_seconds))),
+        default=_env("PROGRESS_INTERVAL", str(pods.progress_interval_seconds)),
     )
     group.add_argument(
-        "--batch-size", type=int, default=int(_env("BATCH_SIZE", str(defaults.batch_size)))
+        "--batch-size", type=int, default=_env("BATCH_SIZE", str(defaults.batch_size))
     )
     group.add_argument(
         "--max-active-pods",
         type=int,
-        default=int(_env("MAX_ACTIVE_PODS", str(defaults.max_active_pods))),
+        default=_env("MAX_ACTIVE_PODS", str(defaults.max_active_pods)),
     )
     group.add_argument(
         "--pod-start-timeout",
         type=float,
-        default=float(_env("POD_START_TIMEOUT", str(defaults.pod_start_timeout))),
+        default=_env("POD_START_TIMEOUT", str(defaults.pod_start_timeout)),
     )
     group.add_argument(
         "--poll-interval",
         type=float,
-        default=float(_env("POLL_INTERVAL", str(defaults.poll_interval))),
+        default=_env("POLL_INTERVAL", str(defaults.poll_interval)),
     )
     other = parser.add_argument_group("operation")
     other.add_argument(
+        "--default-retry-window",
+        type=int,
+        default=_env("DEFAULT_RETRY_WINDOW", str(defaults.default_retry_window_seconds)),
+        help="seconds transient failures are retried when a setting names no window "
+        "(default 7200: the seed's 2 hours)",
+    )
+    other.add_argument(
         "--validation-interval",
         type=float,
-        default=float(_env("VALIDATION_INTERVAL", str(defaults.validation_interval))),
+        default=_env("VALIDATION_INTERVAL", str(defaults.validation_interval)),
         help="seconds between bucket re-validations",
     )
     other.add_argument(
         "--resync-interval",
         type=float,
-        default=float(_env("RESYNC_INTERVAL", str(defaults.resync_interval))),
+        default=_env("RESYNC_INTERVAL", str(defaults.resync_interval)),
         help="seconds between looks at every recording, whatever the watch delivered",
     )
-    other.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "8080")))
-    other.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8081")))
+    other.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", "8080"))
+    other.add_argument("--health-port", type=int, default=_env("HEALTH_PORT", "8081"))
     other.add_argument("--bind-address", default=_env("BIND_ADDRESS", "0.0.0.0"))  # noqa: S104 - in a pod
     other.add_argument(
         "--log-level",
@@ -132,6 +173,12 @@ def config_from(args: argparse.Namespace) -> OperatorConfig:
         run_as_user=args.uploader_uid,
         run_as_group=args.uploader_gid,
         memory_limit=args.uploader_memory_limit,
+        memory_request=args.uploader_memory_request,
+        cpu_request=args.uploader_cpu_request,
+        node_selector=tuple(
+            sorted((str(k), str(v)) for k, v in args.uploader_node_selector.items())
+        ),
+        tolerations=tuple(args.uploader_tolerations),
         concurrency=args.upload_concurrency,
         part_concurrency=args.part_concurrency,
         progress_interval_seconds=args.progress_interval,
@@ -145,6 +192,7 @@ def config_from(args: argparse.Namespace) -> OperatorConfig:
         poll_interval=args.poll_interval,
         validation_interval=args.validation_interval,
         resync_interval=args.resync_interval,
+        default_retry_window_seconds=args.default_retry_window,
     )
 
 

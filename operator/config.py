@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,10 @@ class UploaderPodConfig:
     active_deadline_seconds: int = 3600
     log_level: str = "info"
     priority_class: str | None = None
-    tolerations: tuple[dict[str, str], ...] = ()
+    tolerations: tuple[dict[str, Any], ...] = ()
+    # labels of recording nodes: with nodeName set the kubelet still refuses a pod whose
+    # nodeSelector its node does not match, so a Recording naming another node fails fast
+    node_selector: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -40,5 +44,6 @@ class OperatorConfig:
     validation_interval: float = 1800.0  # re-validate each bucket this often (seconds)
     # look at every unfinished recording again this often, whatever the watch delivered
     resync_interval: float = 600.0
+    default_retry_window_seconds: int = 7200  # when a setting names none (the seed's 2 h)
     callback_attempts: int = 5
     callback_timeout: float = 10.0

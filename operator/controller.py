@@ -290,6 +290,7 @@ class Controller:
             ready=evaluation.ready,
             reason=evaluation.reason,
             message=evaluation.message,
+            default_window_seconds=self.config.default_retry_window_seconds,
         )
         old = self.settings.get(namespace)
         self.settings[namespace] = view
@@ -369,11 +370,21 @@ class Controller:
         while True:
             await asyncio.sleep(self.config.resync_interval)
             try:
-                bodies = await self.kube.list_objects(recording.PLURAL)
+                await self._resync_once()
             except Exception:
                 log.exception("resync: cannot list recordings")
-                continue
-            for body in bodies:  # a settled recording costs no API call here
+
+    async def _resync_once(self) -> None:
+        """One pass, a page of recordings at a time, so memory stays bounded by a page."""
+        async for page in self.kube.list_pages(recording.PLURAL):
+            # a recording that never had a phase and is younger than one interval is
+            # still in the watch's backlog: handling it here too would only collide
+            cutoff = self.clock() - timedelta(seconds=self.config.resync_interval)
+            for body in page:  # a settled recording costs no API call here
+                if not (body.get("status") or {}).get("phase"):
+                    created = parse_time(body["metadata"].get("creationTimestamp"))
+                    if created is not None and created > cutoff:
+                        continue
                 try:
                     await self.on_recording(body)
                 except Exception:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -168,9 +168,10 @@ class Kube:
                 return None
             raise
 
-    async def list_objects(self, plural: str, page_size: int = 500) -> list[dict[str, Any]]:
-        """Every object of a kind, in pages (bounded responses, whatever the count)."""
-        items: list[dict[str, Any]] = []
+    async def list_pages(
+        self, plural: str, page_size: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every object of a kind, one page at a time: memory stays bounded by a page."""
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"limit": page_size}
@@ -185,10 +186,14 @@ class Kube:
                 plural,
                 **kwargs,
             )
-            items.extend(page.get("items", []))
+            yield page.get("items", [])
             token = page.get("metadata", {}).get("continue")
             if not token:
-                return items
+                return
+
+    async def list_objects(self, plural: str, page_size: int = 500) -> list[dict[str, Any]]:
+        """Every object of a kind, read in pages (for kinds with few objects)."""
+        return [item async for page in self.list_pages(plural, page_size) for item in page]
 
     # -- core ------------------------------------------------------------------------------------
 

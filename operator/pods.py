@@ -117,6 +117,8 @@ def uploader_pod(
     }
     if config.priority_class:
         spec["priorityClassName"] = config.priority_class
+    if config.node_selector:
+        spec["nodeSelector"] = dict(config.node_selector)
     return {
         "apiVersion": "v1",
         "kind": "Pod",

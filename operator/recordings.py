@@ -30,8 +30,6 @@ from voicevault.operator.sids import recording_sid
 from voicevault.operator.snapshot import SnapshotError, take_snapshot
 from voicevault.uploader.errors import ErrorCode
 
-DEFAULT_WINDOW = timedelta(hours=2)
-
 EventType = Literal["Normal", "Warning"]
 
 
@@ -205,9 +203,7 @@ def _wait_for_setting(
     problem: str | None = None,
 ) -> None:
     """The setting is not ready: wait, for as long as a retry window, then keep it cached."""
-    window = (
-        timedelta(seconds=setting.spec.retry.window_seconds) if setting.spec else DEFAULT_WINDOW
-    )
+    window = timedelta(seconds=setting.retry_window_seconds)
     why = problem or f"{setting.reason}: {setting.message}"
     if now >= rec.created + window:
         message = (

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from voicevault import API_GROUP, API_VERSION
 from voicevault.crds.recording import PLURAL, RETRY_ANNOTATION, Phase
 
 RETRYABLE = {Phase.CACHED.value, Phase.FAILED.value}
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,20 +34,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or in-cluster)")
 
 
+def load_config(kubeconfig: str | None, sa_namespace_file: Path) -> str:
+    """Load the kubeconfig (or, inside a pod, the service account); return the namespace.
+
+    Raises ``kubernetes.config.ConfigException`` or ``OSError`` when neither works.
+    """
+    from kubernetes import config
+
+    try:
+        config.load_kube_config(config_file=kubeconfig)
+    except config.ConfigException:
+        if kubeconfig:
+            raise
+        config.load_incluster_config()
+        try:
+            return sa_namespace_file.read_text().strip() or "default"
+        except OSError:
+            return "default"
+    _, context = config.list_kube_config_contexts(config_file=kubeconfig)
+    namespace: str = (context or {}).get("context", {}).get("namespace") or "default"
+    return namespace
+
+
 def run(args: argparse.Namespace) -> int:
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
+    if args.all_namespaces and not args.all_cached:
+        print(
+            "voicevault retry: error: -A/--all-namespaces goes with --all-cached", file=sys.stderr
+        )
+        return 2
     try:
-        if args.kubeconfig:
-            config.load_kube_config(config_file=args.kubeconfig)
-        else:
-            try:
-                config.load_kube_config()
-            except config.ConfigException:
-                config.load_incluster_config()
-        _, context = config.list_kube_config_contexts(config_file=args.kubeconfig)
-        default_namespace = context.get("context", {}).get("namespace", "default")
+        default_namespace = load_config(args.kubeconfig, SERVICE_ACCOUNT_NAMESPACE)
     except (config.ConfigException, OSError) as exc:
         print(f"voicevault retry: error: no usable kubeconfig ({exc})", file=sys.stderr)
         return 2

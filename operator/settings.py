@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 VALIDATION_KEY_DIR = ".voicevault-validation"
+DEFAULT_RETRY_WINDOW_SECONDS = 7200  # the seed's 2 hours
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,17 @@ class SettingView:
     ready: bool
     reason: str
     message: str
+    default_window_seconds: int = DEFAULT_RETRY_WINDOW_SECONDS
 
     @property
     def enabled(self) -> bool:
         return self.spec is not None and self.spec.external_storage.enabled
+
+    @property
+    def retry_window_seconds(self) -> int:
+        """The account's window, or the platform's default when the setting names none."""
+        own = self.spec.retry.window_seconds if self.spec is not None else None
+        return own if own is not None else self.default_window_seconds
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def take_snapshot(
         credential_name=storage.credential_ref.name,
         public_key_sid=view.public_key_sid,
         public_key=setting.encryption.public_key if setting.encryption else None,
-        retry_window_seconds=setting.retry.window_seconds,
+        retry_window_seconds=view.retry_window_seconds,
         initial_backoff_seconds=setting.retry.initial_backoff_seconds,
         max_backoff_seconds=setting.retry.max_backoff_seconds,
         callback_url=recording_callback or (callback.url if callback else None),

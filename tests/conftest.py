@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.faultledger import print_fault_ledger
+
 pytest_plugins = ["tests.bed.fixtures", "tests.bed.stack_fixtures"]
 
 
@@ -13,3 +15,10 @@ def crds(kubeconfig: Path) -> None:
     from tests.support.kube import apply_crds
 
     apply_crds(kubeconfig)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """The totals of the fault tier's ledger, once for the whole run."""
+    print_fault_ledger(terminalreporter, config)

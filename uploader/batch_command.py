@@ -78,9 +78,15 @@ def run(args: argparse.Namespace) -> int:
     _write_termination_message(args.termination_log, outcome)
     summary = Counter(r.kind if r else "not-started" for r in outcome.results)
     log.info(
-        "batch done: %s",
+        "batch done: %s; %d parts re-sent after checksum mismatches",
         ", ".join(f"{n} {k}" for k, n in sorted(summary.items())),
-        extra={"event": "batch_done", "api_requests": reporter.requests} | dict(summary),
+        outcome.parts_resent,
+        extra={
+            "event": "batch_done",
+            "api_requests": reporter.requests,
+            "parts_resent": outcome.parts_resent,
+        }
+        | dict(summary),
     )
     return 143 if cancel.is_set() else 0
 

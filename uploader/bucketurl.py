@@ -23,6 +23,8 @@ Style = Literal["virtual", "path"]
 _AWS_SUFFIXES = (".amazonaws.com.cn", ".amazonaws.com")
 _REGION = r"[a-z]{2}(?:-[a-z]+)+-[0-9]+"
 _REGION_RE = re.compile(_REGION)
+# S3-compatible stores name their regions freely ("dc1", "eu-onprem-1", "minio").
+_ENDPOINT_REGION_RE = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,62}[a-z0-9])?")
 # What stays of an AWS host once the suffix is gone. The bucket is greedy so that a
 # bucket name containing ".s3." still resolves to the right-most S3 label.
 _AWS_PATH_HOST_RE = re.compile(rf"s3(?:[.-](?P<region>{_REGION}))?")
@@ -75,9 +77,9 @@ def parse_bucket_url(
     url: str, *, endpoint_url: str | None = None, region: str | None = None
 ) -> BucketLocation:
     """Parse and validate a bucket URL; raise BucketUrlError with a one-line reason."""
-    if region is not None and not _REGION_RE.fullmatch(region):
-        raise BucketUrlError(f"region {region!r} is not an AWS region code like 'us-east-1'")
     endpoint = _parse_endpoint(endpoint_url) if endpoint_url is not None else None
+    if region is not None:
+        _check_region(region, on_endpoint=endpoint is not None)
     parts = _split(url, "bucket URL")
     allowed = ("http", "https") if endpoint else ("https",)
     if parts.scheme not in allowed:
@@ -258,6 +260,19 @@ def _check_bucket(bucket: str, style: Style) -> None:
         raise BucketUrlError(f"bucket name {bucket!r} must not contain '..'")
     if _IPV4_LIKE_RE.fullmatch(bucket):
         raise BucketUrlError(f"bucket name {bucket!r} must not be an IP address")
+
+
+def _check_region(region: str, *, on_endpoint: bool) -> None:
+    if on_endpoint:
+        if not _ENDPOINT_REGION_RE.fullmatch(region):
+            raise BucketUrlError(
+                f"region {region!r} must be 1 to 64 lowercase letters, digits and hyphens"
+            )
+    elif not _REGION_RE.fullmatch(region):
+        raise BucketUrlError(
+            f"region {region!r} is not an AWS region code like 'us-east-1' "
+            "(any name is allowed with an endpoint override)"
+        )
 
 
 def _resolve_region(in_url: str | None, override: str | None, suffix: str) -> str:

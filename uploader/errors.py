@@ -23,6 +23,8 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
+from voicevault.uploader.envelope import InvalidPublicKey
+
 
 class ErrorClass(StrEnum):
     TRANSIENT = "Transient"  # retry later: the configuration worked, the service did not
@@ -125,6 +127,9 @@ def classify(exc: BaseException, operation: str = "upload") -> UploadError:
         return exc
     if isinstance(exc, ClientError):
         return _classify_client_error(exc, operation)
+    if isinstance(exc, InvalidPublicKey):
+        # a ValueError: it would otherwise count as an unexpected, transient error
+        return fatal(ErrorCode.INVALID_PUBLIC_KEY, f"{operation}: invalid public key")
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return fatal(ErrorCode.ACCESS_DENIED, f"{operation}: no complete AWS credentials given")
     if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):

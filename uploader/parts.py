@@ -11,8 +11,11 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from voicevault.uploader.envelope import TAG_SIZE, ContentKey, StreamEncryptor, encrypted_size
+from voicevault.uploader.errors import ErrorCode, fatal
 
 MIB = 1 << 20
+TIB = 1 << 40
+MAX_OBJECT_SIZE = 5 * TIB  # S3's maximum object size
 MIN_PART_SIZE = 5 * MIB  # S3's minimum for every part but the last
 MAX_PARTS = 10_000  # S3's maximum number of parts
 READ_CHUNK = 1 * MIB  # plaintext read size when encrypting
@@ -29,7 +32,15 @@ def object_size(plain_size: int, encrypted: bool) -> int:
 
 
 def choose_part_size(size: int, preferred: int) -> int:
-    """The preferred part size, raised (in whole MiB) when the object needs more than 10,000."""
+    """The preferred part size, raised (in whole MiB) when the object needs more than 10,000.
+
+    Raises a fatal UploadError for an object larger than S3's 5 TiB limit.
+    """
+    if size > MAX_OBJECT_SIZE:
+        raise fatal(
+            ErrorCode.UPLOAD_FAILED,
+            f"the media file is larger than S3's 5 TiB object limit ({size} bytes to store)",
+        )
     part = max(preferred, MIN_PART_SIZE)
     needed = -(-size // MAX_PARTS)
     if needed > part:

@@ -223,6 +223,7 @@ class Stack:
         signing_key: str | None = None,
         retry: dict[str, int] | None = None,
         secret_access_key: str | None = None,
+        session_token: str | None = None,
         wait_ready: bool = True,
     ) -> Account:
         namespace = namespace or f"acct-{uuid.uuid4().hex[:8]}"
@@ -233,6 +234,10 @@ class Stack:
             "AWS_ACCESS_KEY_ID": bucket.access_key_id,
             "AWS_SECRET_ACCESS_KEY": secret_access_key or bucket.secret_access_key,
         }
+        secret_ref: dict[str, str] = {"name": "s3-writer-keys"}
+        if session_token:
+            secret_data["AWS_SESSION_TOKEN"] = session_token
+            secret_ref["sessionTokenKey"] = "AWS_SESSION_TOKEN"
         if signing_key:
             secret_data["authToken"] = signing_key
         self.core.create_namespaced_secret(
@@ -247,7 +252,7 @@ class Stack:
             "awscredentials",
             {
                 "metadata": {"name": "s3-writer"},
-                "spec": {"secretRef": {"name": "s3-writer-keys"}},
+                "spec": {"secretRef": secret_ref},
             },
         )
         setting = self.setting_body(

@@ -3,13 +3,18 @@ the operator reconciled them, and a reconcile that finds nothing new writes noth
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
+import yaml
+from kubernetes import client as k8s
 
+from tests.bed.fixtures import unique_name
 from tests.bed.stack import Stack
 from tests.support.kube import REPO, kubectl, wait_for
+from voicevault import API_GROUP, API_VERSION
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 EXAMPLES = [REPO / "examples" / "aws", REPO / "examples" / "recording.yaml"]
@@ -116,3 +121,74 @@ def test_a_reconcile_that_finds_nothing_new_writes_nothing(live_stack: Stack) ->
     assert (
         _counter(live_stack.operator.metrics(), "patch", "awscredentials/status") == status_writes
     )
+
+
+def test_a_completed_recording_stays_diff_free(live_stack: Stack, tmp_path: Path) -> None:
+    """The whole loop driven from manifests: after Completed, apply and diff change nothing."""
+    namespace = unique_name("gitops")
+    live_stack.core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
+    bucket = live_stack.s3.add_bucket(unique_name("gitops"), "calls/")
+    # the Secret is created by the platform's secrets tool, never kept in the GitOps repo
+    live_stack.core.create_namespaced_secret(
+        namespace,
+        k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(name="s3-writer-keys"),
+            string_data={
+                "AWS_ACCESS_KEY_ID": bucket.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": bucket.secret_access_key,
+            },
+        ),
+    )
+    node = live_stack.nodes[0]
+    live_stack.put_media(node, namespace, "2026/12/call-1.wav", os.urandom(4096))
+    group = f"{API_GROUP}/{API_VERSION}"
+    docs = [
+        {
+            "apiVersion": group,
+            "kind": "AwsCredential",
+            "metadata": {"name": "s3-writer", "namespace": namespace},
+            "spec": {"secretRef": {"name": "s3-writer-keys"}},
+        },
+        {
+            "apiVersion": group,
+            "kind": "VoiceStorageSetting",
+            **live_stack.setting_body(bucket),
+        },
+        {
+            "apiVersion": group,
+            "kind": "Recording",
+            "metadata": {"name": "call-1", "namespace": namespace},
+            "spec": {
+                "accountSid": "AC" + "0123456789abcdef" * 2,
+                "callSid": "CA" + "fedcba9876543210" * 2,
+                "source": "RecordVerb",
+                "channels": 1,
+                "startTime": "2026-12-01T09:00:00Z",
+                "duration": 3,
+                "nodeName": node,
+                "mediaPath": "2026/12/call-1.wav",
+            },
+        },
+    ]
+    docs[1]["metadata"]["namespace"] = namespace
+    manifest = tmp_path / "account.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    kubeconfig = live_stack.cp.admin_kubeconfig
+    ssa = ["--server-side", "--field-manager=gitops", "-f", str(manifest)]
+    kubectl(kubeconfig, "apply", *ssa)
+
+    live_stack.wait_phase(namespace, "call-1", "Completed")
+    live_stack.wait_condition(namespace, "recordings", "call-1", "Stored")
+    objects = [
+        ("awscredentials", "s3-writer"),
+        ("voicestoragesettings", "default"),
+        ("recordings", "call-1"),
+    ]
+    settled = {
+        p: live_stack.get(namespace, p, n)["metadata"]["resourceVersion"] for p, n in objects
+    }
+    diff = kubectl(kubeconfig, "diff", *ssa, check=False)
+    assert diff.returncode == 0, f"a GitOps diff after Completed:\n{diff.stdout}"
+    kubectl(kubeconfig, "apply", *ssa)
+    after = {p: live_stack.get(namespace, p, n)["metadata"]["resourceVersion"] for p, n in objects}
+    assert after == settled, "re-applying the manifests changed a settled object"

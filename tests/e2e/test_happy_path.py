@@ -8,7 +8,9 @@ import os
 import pytest
 
 from tests.bed.stack import Stack
+from tests.support import invariants
 from tests.support.callbacks import CallbackReceiver, Received
+from tests.support.invariants import samples, wait_metrics_moved
 from tests.support.kube import wait_for
 from voicevault.operator.signature import verify_twilio_signature
 from voicevault.uploader import envelope
@@ -24,6 +26,7 @@ def test_recording_is_stored_deleted_locally_and_called_back(
         encrypted=encrypted, callback_url=callbacks.url(), signing_key="auth-token-123456"
     )
     data = os.urandom(300_000)
+    before = live_stack.operator.metrics()
     live_stack.record(account, "call-1", data)
     media = live_stack.media_file("node-a", account.namespace, "2026/11/call-1.wav")
 
@@ -69,3 +72,15 @@ def test_recording_is_stored_deleted_locally_and_called_back(
         c["type"] == "Stored" and c["status"] == "True" for c in settled["status"]["conditions"]
     )
     assert live_stack.open_uploads(account) == []
+    invariants.check(live_stack, account, {"call-1": data}, {"call-1": "node-a"}).assert_clean()
+    after = wait_metrics_moved(
+        live_stack,
+        before,
+        [
+            ("voicevault_uploads_total", {"result": "completed"}, 1),
+            ("voicevault_uploaded_bytes_total", {}, len(data)),
+            ("voicevault_recording_store_seconds_count", {}, 1),
+            ("voicevault_recordings", {"phase": "Completed"}, 1),
+        ],
+    )
+    assert samples(after, "voicevault_storage_setting_valid", namespace=account.namespace) == [1]

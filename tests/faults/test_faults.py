@@ -16,8 +16,8 @@ import pytest
 from tests.bed.faultproxy import Delay, FaultProxy, ResetConnection, Respond, Rule
 from tests.bed.kubelet import FakeKubelet, kill_leftovers
 from tests.bed.stack import Account, Stack
-from tests.faults.conftest import FaultLedger
 from tests.support import invariants
+from tests.support.faultledger import FaultLedger
 from tests.support.kube import apiserver_request_counts, wait_for
 from voicevault import API_GROUP, API_VERSION
 
@@ -73,7 +73,7 @@ def test_apiserver_restarts_while_uploads_run(
     outcome = invariants.check(live_stack, account, data, node_of)
     outcome.assert_clean()
     assert outcome.phases == {"Completed": len(data)}
-    ledger.recordings = len(data)  # type: ignore[attr-defined]
+    ledger.recordings = len(data)
 
 
 def test_conflicting_writes_on_recordings(live_stack: Stack, ledger: FaultLedger) -> None:
@@ -120,7 +120,7 @@ def test_conflicting_writes_on_recordings(live_stack: Stack, ledger: FaultLedger
     outcome = invariants.check(live_stack, account, data, node_of)
     outcome.assert_clean()
     assert outcome.phases == {"Completed": len(data)}
-    ledger.recordings = len(data)  # type: ignore[attr-defined]
+    ledger.recordings = len(data)
 
 
 def test_operator_sigkilled_at_random_points(
@@ -152,7 +152,7 @@ def test_operator_sigkilled_at_random_points(
     outcome = invariants.check(live_stack, account, data, node_of)
     outcome.assert_clean()
     assert outcome.phases == {"Completed": len(data)}
-    ledger.recordings = len(data)  # type: ignore[attr-defined]
+    ledger.recordings = len(data)
 
 
 def test_uploader_pods_killed_repeatedly(
@@ -170,7 +170,7 @@ def test_uploader_pods_killed_repeatedly(
     outcome = invariants.check(live_stack, account, data, node_of)
     outcome.assert_clean()
     assert outcome.phases == {"Completed": len(data)}
-    ledger.recordings = len(data)  # type: ignore[attr-defined]
+    ledger.recordings = len(data)
 
 
 def test_s3_storms_resets_and_an_outage(
@@ -204,7 +204,7 @@ def test_s3_storms_resets_and_an_outage(
     outcome = invariants.check(live_stack, account, data, node_of)
     outcome.assert_clean()
     assert outcome.phases == {"Completed": len(data)}
-    ledger.recordings = len(data)  # type: ignore[attr-defined]
+    ledger.recordings = len(data)
 
 
 def test_credentials_revoked_mid_upload_fail_fatally(
@@ -224,7 +224,7 @@ def test_credentials_revoked_mid_upload_fail_fatally(
     for name in data:
         status = live_stack.get(account.namespace, "recordings", name)["status"]
         assert status["errorCode"] == 16112, status
-    ledger.recordings = len(data)  # type: ignore[attr-defined]
+    ledger.recordings = len(data)
 
 
 def test_node_harness_gone_longer_than_the_window(
@@ -266,4 +266,4 @@ def test_node_harness_gone_longer_than_the_window(
     )
     wait_for(_wait_settled_completed, timeout=120, what="Completed after the manual retry")
     invariants.check(stack, account, data, node_of).assert_clean()
-    ledger.recordings = len(data)  # type: ignore[attr-defined]
+    ledger.recordings = len(data)

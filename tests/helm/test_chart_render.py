@@ -36,6 +36,13 @@ NON_DEFAULT = [
     "uploader.partConcurrency=3",
     "uploader.podStartTimeout=120",
     "uploader.memoryLimit=256Mi",
+    "uploader.memoryRequest=64Mi",
+    "uploader.cpuRequest=50m",
+    r"uploader.nodeSelector.node-role\.example/recordings=yes",
+    "uploader.tolerations[0].key=media",
+    "uploader.tolerations[0].operator=Exists",
+    "uploader.tolerations[0].effect=NoExecute",
+    "operator.defaultRetryWindowSeconds=14400",
     "operator.logLevel=debug",
     "operator.logFormat=plain",
     "operator.validationInterval=600",
@@ -101,6 +108,8 @@ def test_default_values_render_the_operator(helm_cli: Helm) -> None:
     assert (config.batch_size, config.max_active_pods) == (50, 50)
     assert (config.pods.concurrency, config.pods.part_concurrency) == (4, 2)
     assert config.validation_interval == 1800
+    assert config.default_retry_window_seconds == 7200  # the seed's 2 hours
+    assert (config.pods.node_selector, config.pods.tolerations) == ((), ())
     assert (args.metrics_port, args.health_port) == (8080, 8081)
     assert (args.log_level, args.log_format, args.namespace) == ("info", "json", None)
 
@@ -171,6 +180,12 @@ def test_non_default_values_render(helm_cli: Helm) -> None:
     assert config.pods.recordings_host_path == "/data/recordings"
     assert (config.pods.run_as_user, config.pods.run_as_group) == (2000, 3000)
     assert config.pods.memory_limit == "256Mi"
+    assert (config.pods.memory_request, config.pods.cpu_request) == ("64Mi", "50m")
+    assert config.pods.node_selector == (("node-role.example/recordings", "yes"),)
+    assert config.pods.tolerations == (
+        {"key": "media", "operator": "Exists", "effect": "NoExecute"},
+    )
+    assert config.default_retry_window_seconds == 14400
     assert (config.pods.concurrency, config.pods.part_concurrency) == (8, 3)
     assert (config.batch_size, config.max_active_pods) == (10, 7)
     assert (config.pod_start_timeout, config.validation_interval) == (120, 600)
@@ -250,6 +265,12 @@ BAD_VALUES = [
     ("uploader.recordingsHostPath=/var/../etc", "uploader.recordingsHostPath: Does not match"),
     ("uploader.recordingsHostPath=/", "uploader.recordingsHostPath: Does not match"),
     ("uploader.memoryLimit=lots", "uploader.memoryLimit: Does not match"),
+    ("uploader.cpuRequest=fast", "uploader.cpuRequest: Does not match"),
+    ("uploader.nodeSelector.zone=1", "uploader.nodeSelector.zone: Invalid type"),
+    (
+        "operator.defaultRetryWindowSeconds=0",
+        "operator.defaultRetryWindowSeconds: Must be greater than or equal to 1",
+    ),
     ("uploader.namespace=Not_A_Namespace", "uploader.namespace"),
     ("uploader.createNamespace=true", "uploader.namespace: Does not match pattern"),
     ("operator.watchNamespaces={UPPER}", "operator.watchNamespaces.0: Does not match pattern"),

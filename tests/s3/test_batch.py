@@ -3,21 +3,34 @@ the node after success, fatal and transient failures, and on purge."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.bed.faultproxy import FaultProxy, Respond, Rule
+from tests.bed.faultproxy import CorruptRequestByte, FaultProxy, Respond, Rule
+from tests.bed.fixtures import unique_name
 from tests.bed.s3_common import S3Account, S3Server
 from tests.support.cli import ACCOUNT_SID
 from tests.support.keys import key_pair
+from voicevault import logs
+from voicevault.uploader import batch_command
 from voicevault.uploader.batch import BatchSettings, run_batch
-from voicevault.uploader.batchspec import BatchItem, BatchOutcome, BatchSpec
+from voicevault.uploader.batchspec import (
+    BATCH_FILE,
+    BatchItem,
+    BatchOutcome,
+    BatchSpec,
+    CredentialFile,
+)
 from voicevault.uploader.bucketurl import parse_bucket_url
 from voicevault.uploader.errors import UploadError
+from voicevault.uploader.parts import MAX_OBJECT_SIZE
 from voicevault.uploader.s3client import AwsKeys, make_client
 from voicevault.uploader.state import StateStore
 from voicevault.uploader.transfer import TransferConfig, UploadResult
@@ -34,10 +47,10 @@ class Reporter:
     accept: bool = True
     completed: list[tuple[str, UploadResult]] = field(default_factory=list)
     failed: list[tuple[str, UploadError]] = field(default_factory=list)
-    progressed: list[str] = field(default_factory=list)
+    progressed: list[tuple[str, int, int]] = field(default_factory=list)  # name, sent, total
 
     def progress(self, item: BatchItem, sent: int, total: int) -> bool:
-        self.progressed.append(item.name)
+        self.progressed.append((item.name, sent, total))
         return self.accept
 
     def completed_(self, item: BatchItem, result: UploadResult) -> bool:
@@ -94,12 +107,15 @@ def _run(
     items: list[BatchItem],
     reporter: Reporter,
     secret: str | None = None,
+    progress_interval: float = 10.0,
 ) -> BatchOutcome:
+    """Run `items` with the credentials of `account` (and `secret`, if given)."""
     keys = AwsKeys(account.access_key_id, secret or account.secret_access_key)
     settings = BatchSettings(
         media_root=root,
         state_dir=root / ".voicevault" / "state",
         transfer=TransferConfig(multipart_threshold=6 * MIB, part_size=5 * MIB, concurrency=2),
+        progress_interval=progress_interval,
     )
 
     def client_for(item: BatchItem):  # type: ignore[no-untyped-def]
@@ -239,3 +255,145 @@ def test_encrypted_batch_item(s3_server: S3Server, s3_account: S3Account, tmp_pa
     assert outcome.results[0] is not None and outcome.results[0].kind == "completed"
     result = reporter.completed[0][1]
     assert result.encryption is not None and result.size == 3016
+
+
+def _open_uploads(server: S3Server, account: S3Account) -> list[object]:
+    page = server.admin_client().list_multipart_uploads(Bucket=account.bucket)
+    return list(page.get("Uploads", []))
+
+
+@pytest.mark.parametrize(
+    ("size", "encrypted"),
+    [(MAX_OBJECT_SIZE + 1, False), (MAX_OBJECT_SIZE, True)],
+    ids=["plain-5TiB+1", "encrypted-5TiB+tag"],
+)
+def test_recording_over_5_tib_is_fatal_before_any_request(
+    s3_server: S3Server, s3_account: S3Account, tmp_path: Path, size: int, encrypted: bool
+) -> None:
+    """S3 cannot store it: refused before any request (none could succeed), media deleted."""
+    media = tmp_path / NAMESPACE / "huge.wav"
+    media.parent.mkdir(parents=True)
+    media.touch()
+    os.truncate(media, size)  # sparse: takes no disk
+    key = {"public_key": key_pair().public_pem.decode()} if encrypted else {}
+    reporter = Reporter()
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        item = _item(s3_account, "huge", "huge.wav", endpoint=proxy.url, **key)
+        outcome = _run(s3_account, tmp_path, [item], reporter)
+        requests = proxy.stats().requests
+    result = outcome.results[0]
+    assert result is not None and result.kind == "fatal" and result.error_code == 16111
+    assert "larger than S3's 5 TiB object limit" in result.message
+    assert reporter.failed and reporter.failed[0][1].code == 16111
+    assert not media.exists(), "fatal: deleted immediately (the seed's rule)"
+    assert requests == {}, "nothing was sent"
+    assert not _open_uploads(s3_server, s3_account)
+    assert not list((tmp_path / ".voicevault" / "state").glob("*.json"))
+
+
+@pytest.mark.parametrize("size", [5000, 7 * MIB], ids=["single-put", "multipart"])
+def test_credentials_of_another_bucket_are_fatal_and_delete_media(
+    s3_server: S3Server, s3_account: S3Account, tmp_path: Path, size: int
+) -> None:
+    """Valid keys whose policy names another bucket: AccessDenied, fatal 16112."""
+    other = s3_server.add_bucket(unique_name("other"), "calls/")
+    media = _media(tmp_path, "x.wav", size)
+    reporter = Reporter()
+    outcome = _run(other, tmp_path, [_item(s3_account, "x", "x.wav")], reporter)
+    result = outcome.results[0]
+    assert result is not None and result.kind == "fatal" and result.error_code == 16112
+    assert "AccessDenied" in result.message
+    assert reporter.failed and reporter.failed[0][1].code == 16112
+    assert not media.exists(), "fatal: deleted immediately (the seed's rule)"
+    assert not _open_uploads(s3_server, s3_account)
+
+
+@pytest.mark.parametrize("size", [5000, 7 * MIB], ids=["single-put", "multipart"])
+def test_missing_bucket_is_fatal_16111(
+    s3_server: S3Server, s3_account: S3Account, tmp_path: Path, size: int
+) -> None:
+    """Valid keys for a bucket that does not exist (any more): NoSuchBucket, fatal 16111."""
+    s3_server.admin_client().delete_bucket(Bucket=s3_account.bucket)
+    media = _media(tmp_path, "x.wav", size)
+    reporter = Reporter()
+    outcome = _run(s3_account, tmp_path, [_item(s3_account, "x", "x.wav")], reporter)
+    result = outcome.results[0]
+    assert result is not None and result.kind == "fatal" and result.error_code == 16111
+    assert "NoSuchBucket" in result.message and "does not exist" in result.message
+    assert reporter.failed[0][1].s3_code == "NoSuchBucket"
+    assert not media.exists()
+
+
+def test_progress_is_reported_while_uploading(
+    s3_server: S3Server, s3_account: S3Account, tmp_path: Path
+) -> None:
+    """With a zero interval every part but the last writes Uploading with the bytes sent."""
+    _media(tmp_path, "p.wav", 11 * MIB)  # three parts of at most 5 MiB
+    reporter = Reporter()
+    outcome = _run(
+        s3_account, tmp_path, [_item(s3_account, "p", "p.wav")], reporter, progress_interval=0
+    )
+    assert outcome.results[0] is not None and outcome.results[0].kind == "completed"
+    assert len(reporter.progressed) == 2, reporter.progressed
+    for name, sent, total in reporter.progressed:
+        assert name == "p" and total == 11 * MIB and 0 < sent < total
+
+
+def test_batch_command_summary_counts_resent_parts(
+    minio_s3: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`voicevault uploader` logs how many parts were re-sent after a checksum mismatch."""
+    account = minio_s3.add_bucket(unique_name("summary"), "calls/")
+    media = _media(tmp_path / "media", "x.wav", 2 * MIB)
+    batch_dir = tmp_path / "batch"
+    batch_dir.mkdir()
+    (batch_dir / "c0").write_text(
+        CredentialFile(
+            access_key_id=account.access_key_id, secret_access_key=account.secret_access_key
+        ).model_dump_json()
+    )
+    monkeypatch.setattr(logs, "setup", lambda *_: None)  # keep caplog's handler
+    monkeypatch.setattr(batch_command, "_custom_objects_api", lambda: None)
+    monkeypatch.setattr(
+        batch_command, "KubeStatusReporter", lambda _api, _pod: _CountingAdapter(Reporter())
+    )
+    args = argparse.Namespace(
+        batch_dir=batch_dir,
+        media_root=tmp_path / "media",
+        state_dir=None,
+        termination_log=tmp_path / "termination-log",
+        concurrency=1,
+        part_concurrency=1,
+        part_size=5,
+        progress_interval=10.0,
+        log_level="info",
+        log_format="json",
+    )
+    previous = signal.getsignal(signal.SIGTERM)
+    with FaultProxy(minio_s3.endpoint_url) as proxy:
+        proxy.add_rule(Rule(action=CorruptRequestByte(offset=99), method="PUT", times=1))
+        item = _item(account, "x", "x.wav", endpoint=proxy.url)
+        spec = BatchSpec(pod="pod-1", node="node-1", items=[item])
+        (batch_dir / BATCH_FILE).write_text(spec.model_dump_json())
+        try:
+            with caplog.at_level(logging.INFO, logger="voicevault.uploader"):
+                code = batch_command.run(args)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    assert code == 0
+    assert not media.exists()
+    done = [r for r in caplog.records if getattr(r, "event", "") == "batch_done"]
+    assert len(done) == 1
+    assert getattr(done[0], "parts_resent", None) == 1
+    assert getattr(done[0], "completed", None) == 1
+    assert "1 parts re-sent" in done[0].getMessage()
+    assert '"p":1' in (tmp_path / "termination-log").read_text()
+
+
+class _CountingAdapter(_Adapter):
+    """A stand-in for KubeStatusReporter: the batch command also reads `requests`."""
+
+    requests = 0

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.bed.fixtures import unique_name
 from tests.bed.s3_common import S3Account, S3Server
+from tests.bed.s3_minio import MinioS3
 from tests.support.cli import ACCOUNT_SID, aws_env, endpoint_bucket_url, run, upload_args
 from tests.support.keys import key_pair
 from voicevault.uploader import envelope
@@ -105,11 +107,9 @@ AWS_FORMS = [
 
 @pytest.mark.parametrize("form", AWS_FORMS)
 @pytest.mark.parametrize("prefix", ["calls/", "", "deep/er/path/"], ids=["prefix", "root", "deep"])
-def test_every_seed_url_form(moto_s3: S3Server, tmp_path: Path, form: str, prefix: str) -> None:
+def test_every_seed_url_form(s3_server: S3Server, tmp_path: Path, form: str, prefix: str) -> None:
     """AWS-shaped URLs as a customer writes them; requests go to the local endpoint."""
-    from tests.bed.fixtures import unique_name
-
-    account = moto_s3.add_bucket(unique_name("form"), prefix)
+    account = s3_server.add_bucket(unique_name("form"), prefix)
     url = form.format(bucket=account.bucket, prefix=account.prefix)
     for variant in {url, url.rstrip("/") if account.prefix else url}:
         location = parse_bucket_url(variant, endpoint_url=account.endpoint_url)
@@ -119,7 +119,7 @@ def test_every_seed_url_form(moto_s3: S3Server, tmp_path: Path, form: str, prefi
         key = location.object_key(ACCOUNT_SID, "RE" + "a" * 32, ".mp3")
         request = UploadRequest(source=media, location=location, key=key, content_type="audio/mpeg")
         result = upload(make_client(location, _keys(account)), request, StateStore(tmp_path / "s"))
-        assert _stored(moto_s3, account, key) == media.read_bytes()
+        assert _stored(s3_server, account, key) == media.read_bytes()
         # mediaUrl keeps the customer's style: their host (and bucket path), then the key
         assert result.media_url == form.format(bucket=account.bucket, prefix="") + key
 
@@ -146,7 +146,8 @@ def test_command_round_trip_through_decrypt(
     s3_server: S3Server, s3_account: S3Account, tmp_path: Path
 ) -> None:
     media = tmp_path / "call.wav"
-    media.write_bytes(os.urandom(7 * MIB + 11))
+    data = os.urandom(7 * MIB + 11)
+    media.write_bytes(data)
     private, public = key_pair().write(tmp_path)
     proc = run(
         upload_args(
@@ -178,7 +179,29 @@ def test_command_round_trip_through_decrypt(
         ]
     )
     assert decrypted.returncode == 0, decrypted.stderr
-    assert original.stat().st_size == 7 * MIB + 11
+    assert original.read_bytes() == data
+
+
+def test_s3_compatible_store_with_its_own_region_name(tmp_path: Path) -> None:
+    """A MinIO site named "dc1": not an AWS region, yet the setting a user would write."""
+    with MinioS3(tmp_path / "minio", region="dc1") as server:
+        account = server.add_bucket(unique_name("dc1"), "voice/")
+        media = tmp_path / "call.wav"
+        data = os.urandom(6 * MIB + 5)
+        media.write_bytes(data)
+        sid = "RE" + "d" * 32
+        proc = run(
+            upload_args(
+                media, account, tmp_path / "state", recording_sid=sid, extra=["--part-size", "5"]
+            ),
+            env=aws_env(account),
+        )
+        assert proc.returncode == 0, proc.stderr
+        key = f"voice/{ACCOUNT_SID}/{sid}.wav"
+        assert (
+            json.loads(proc.stdout)["mediaUrl"] == f"{account.endpoint_url}/{account.bucket}/{key}"
+        )
+        assert _stored(server, account, key) == data
 
 
 def test_usage_errors_exit_2_with_one_line(s3_account: S3Account, tmp_path: Path) -> None:

@@ -18,9 +18,11 @@ class Received:
 
 @dataclass
 class CallbackReceiver:
-    """Collects POSTs; answers `status` (200 by default; set it to make deliveries fail)."""
+    """Collects POSTs; answers `script` in order first, then `status` (200 by default;
+    set it to make deliveries fail)."""
 
     status: int = 200
+    script: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -35,7 +37,8 @@ class CallbackReceiver:
                 params = dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
                 with receiver._lock:
                     receiver.received.append(Received(self.path, dict(self.headers), params))
-                self.send_response(receiver.status)
+                    status = receiver.script.pop(0) if receiver.script else receiver.status
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -296,6 +296,19 @@ def test_endpoint_region_comes_from_the_override() -> None:
     assert loc.region == "eu-north-1"
 
 
+@pytest.mark.parametrize("region", ["dc1", "minio", "eu-onprem-1", "a", "x" * 64])
+def test_endpoint_region_need_not_look_like_aws(region: str) -> None:
+    loc = parse_bucket_url(
+        "http://minio:9000/bkt/voice/", endpoint_url="http://minio:9000", region=region
+    )
+    assert (loc.region, loc.bucket, loc.prefix) == (region, "bkt", "voice/")
+
+
+def test_aws_hosts_still_want_an_aws_region() -> None:
+    with pytest.raises(BucketUrlError, match=r"not an AWS region.*endpoint override"):
+        parse_bucket_url("https://bkt.s3.amazonaws.com/", region="dc1")
+
+
 ERRORS = [
     pytest.param("", {}, "is empty", id="empty"),
     pytest.param("http://bucket-name.s3.amazonaws.com/", {}, "scheme must be https", id="http"),
@@ -349,6 +362,18 @@ ERRORS = [
         {"region": "Moon-1"},
         "not an AWS region",
         id="bad-region-override",
+    ),
+    pytest.param(
+        "http://minio:9000/bkt",
+        {"endpoint_url": "http://minio:9000", "region": "DC_1"},
+        "lowercase letters, digits and hyphens",
+        id="bad-endpoint-region",
+    ),
+    pytest.param(
+        "http://minio:9000/bkt",
+        {"endpoint_url": "http://minio:9000", "region": "x" * 65},
+        "1 to 64",
+        id="endpoint-region-too-long",
     ),
     pytest.param(
         "http://minio:9000/bkt",

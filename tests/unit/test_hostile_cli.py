@@ -244,6 +244,64 @@ def test_decrypt_tampered_object(ws: Workspace, position: int, mask: int) -> Non
     _assert_failed(_decrypt(ws, obj=path), ws, 1, "authentication failed")
 
 
+damage = st.one_of(
+    st.tuples(st.just("truncate"), st.integers(min_value=0, max_value=len(PLAIN) + 15)),
+    st.tuples(
+        st.just("flip"),
+        st.tuples(
+            st.integers(min_value=0, max_value=len(PLAIN) + 15),
+            st.integers(min_value=1, max_value=255),
+        ),
+    ),
+    st.tuples(st.just("append"), st.binary(min_size=1, max_size=64)),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(change=damage)
+def test_decrypt_any_damaged_object_fails_cleanly_in_process(
+    tmp_path_factory: pytest.TempPathFactory,
+    sealed: Sealed,
+    capsys: pytest.CaptureFixture[str],
+    change: tuple[str, object],
+) -> None:
+    """Whatever was cut, flipped or added: exit 1, one line, no output file of any kind."""
+    kind, arg = change
+    blob = bytearray(sealed.blob)
+    if kind == "truncate":
+        assert isinstance(arg, int)
+        del blob[arg:]
+    elif kind == "flip":
+        assert isinstance(arg, tuple)
+        blob[arg[0]] ^= arg[1]
+    else:
+        assert isinstance(arg, bytes)
+        blob += arg
+    folder = tmp_path_factory.mktemp("damaged")
+    (folder / "out").mkdir()
+    (folder / "key.pem").write_bytes(sealed.pair.private_pem)
+    (folder / "object.bin").write_bytes(bytes(blob))
+    capsys.readouterr()
+    code = cli.main(
+        [
+            "decrypt",
+            "--private-key",
+            str(folder / "key.pem"),
+            "--details",
+            json.dumps(sealed.details.to_twilio()),
+            str(folder / "object.bin"),
+            str(folder / "out" / "call.wav"),
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert out == "" and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith(DECRYPT_ERROR), err
+    assert list((folder / "out").iterdir()) == [], "no output and no .part file"
+
+
 def test_decrypt_object_with_bytes_appended(ws: Workspace) -> None:
     path = ws.write_input("longer.bin", ws.sealed.blob + b"\0")
     _assert_failed(_decrypt(ws, obj=path), ws, 1, "authentication failed")

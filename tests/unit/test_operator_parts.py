@@ -49,6 +49,22 @@ def test_uploader_pod_is_pinned_restricted_and_carries_no_secret_values() -> Non
     ]
 
 
+def test_uploader_pod_carries_the_recording_node_selector_and_tolerations() -> None:
+    plain = pods.uploader_pod("p", "node-a", "p", UploaderPodConfig())["spec"]
+    assert "nodeSelector" not in plain and plain["tolerations"] == []
+    config = UploaderPodConfig(
+        node_selector=(("voicevault.io/recordings", "true"),),
+        tolerations=({"key": "media", "operator": "Exists", "effect": "NoExecute"},),
+        cpu_request="50m",
+        memory_request="64Mi",
+    )
+    spec = pods.uploader_pod("p", "node-a", "p", config)["spec"]
+    assert spec["nodeName"] == "node-a"
+    assert spec["nodeSelector"] == {"voicevault.io/recordings": "true"}
+    assert spec["tolerations"] == [{"key": "media", "operator": "Exists", "effect": "NoExecute"}]
+    assert spec["containers"][0]["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
+
+
 def test_pod_names_are_valid_and_unique() -> None:
     long_node = "ip-10-0-0-1.eu-west-1.compute.internal-" + "x" * 200
     names = {pods.pod_name(long_node) for _ in range(50)}

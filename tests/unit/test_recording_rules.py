@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,6 +96,20 @@ def test_snapshot_is_frozen_at_creation() -> None:
     assert decision.queue is not None
 
 
+def test_the_retry_window_is_the_accounts_or_else_the_platforms() -> None:
+    platform = dataclasses.replace(_setting(), default_window_seconds=4 * 3600)
+    assert _accepted(platform)["storage"]["retryWindowSeconds"] == 4 * 3600
+    assert _accepted(_setting())["storage"]["retryWindowSeconds"] == 7200  # the seed's 2 h
+    body = samples.setting()
+    body["spec"]["retry"] = {"windowSeconds": 600}
+    evaluation = settings.evaluate("acct", body["spec"], CREDENTIAL)
+    own = SettingView(
+        "acct", 4, evaluation.spec, evaluation.location, None, True, "Ready", "ok",
+        default_window_seconds=4 * 3600,
+    )  # fmt: skip
+    assert _accepted(own)["storage"]["retryWindowSeconds"] == 600
+
+
 def test_no_setting_or_disabled_means_local() -> None:
     for setting in (None, _setting(enabled=False)):
         decision = reconcile(_rec(), setting, NOW)
@@ -112,6 +127,9 @@ def test_setting_not_ready_waits_then_caches_after_the_window() -> None:
     late = reconcile(_rec(created=NOW - timedelta(hours=3)), not_ready, NOW)
     assert late.status is not None and late.status["phase"] == "Cached"
     assert not late.waiting_for_setting
+    longer = dataclasses.replace(not_ready, default_window_seconds=4 * 3600)
+    still = reconcile(_rec(created=NOW - timedelta(hours=3)), longer, NOW)
+    assert still.status is not None and still.status["phase"] == "Pending"
 
 
 def test_invalid_spec_fails_without_touching_media() -> None:
