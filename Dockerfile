@@ -21,9 +21,13 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="voicevault" \
       org.opencontainers.image.description="Store call recordings, encrypted, in each account's own S3 bucket" \
       org.opencontainers.image.licenses="Apache-2.0"
+# MALLOC_ARENA_MAX=2: with a glibc arena per thread (the operator's API call pool, the
+# uploader's part workers) freed memory fragments and RSS creeps up for hours; two
+# arenas keep the operator flat (BENCHMARKS.md, soak).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MALLOC_ARENA_MAX=2
 # The wheels come in through a bind mount: they never become a layer of this image.
 # pip, setuptools and wheel go afterwards: nothing installs packages at run time.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \

@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         settings.posting.enabled = False  # we post our own Events, without secrets
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
-        settings.batching.worker_limit = 200
+        settings.queueing.worker_limit = 200
         settings.networking.request_timeout = 60
         await controller.start()
         log.info("operator started", extra={"uploader_namespace": config.pods.namespace})

@@ -104,6 +104,7 @@ class OperatorProcess:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
+        env.setdefault("MALLOC_ARENA_MAX", "2")  # as the image sets it (Dockerfile)
         self.process = ManagedProcess(self.argv(), self.log_path, env=env, cwd=self.workdir)
         self.starts += 1
         wait_until(self._healthy, timeout=60, what="operator /healthz", process=self.process)
