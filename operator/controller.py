@@ -66,6 +66,7 @@ class Controller:
         self.credential_bodies: dict[tuple[str, str], dict[str, Any]] = {}
         self.credentials: dict[tuple[str, str], CredentialView] = {}
         self.setting_bodies: dict[str, dict[str, Any]] = {}
+        self._setting_locks: dict[str, asyncio.Lock] = {}
         self.settings: dict[str, SettingView] = {}
         self.next_validation: dict[str, datetime] = {}
         self.waiting: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> uid -> body
@@ -240,9 +241,18 @@ class Controller:
 
     async def on_setting(self, body: dict[str, Any], *, force_validation: bool = False) -> None:
         meta = body["metadata"]
-        namespace = meta["namespace"]
         if meta.get("name") != SETTING_NAME:
             return  # the CRD's CEL rule refuses other names
+        # one evaluation per namespace at a time: a new recording waits for it to finish
+        async with self._setting_lock(meta["namespace"]):
+            await self._apply_setting(body, force_validation=force_validation)
+
+    def _setting_lock(self, namespace: str) -> asyncio.Lock:
+        return self._setting_locks.setdefault(namespace, asyncio.Lock())
+
+    async def _apply_setting(self, body: dict[str, Any], *, force_validation: bool) -> None:
+        meta = body["metadata"]
+        namespace = meta["namespace"]
         self.setting_bodies[namespace] = body
         generation = int(meta.get("generation") or 1)
         spec = body.get("spec") or {}
@@ -319,9 +329,14 @@ class Controller:
                 self.forget_setting(namespace, SETTING_NAME)
                 return
             raise
-        known = self.setting_bodies.get(namespace, {}).get("metadata", {})
-        if known.get("resourceVersion") != body["metadata"].get("resourceVersion"):
-            await self.on_setting(body)
+        async with self._setting_lock(namespace):
+            # a watch event for the same setting may be mid-evaluation (validating against
+            # the bucket): the lock waits for it, and only a newer version is applied again
+            known = self.setting_bodies.get(namespace, {}).get("metadata", {})
+            if namespace not in self.settings or known.get("resourceVersion") != body[
+                "metadata"
+            ].get("resourceVersion"):
+                await self._apply_setting(body, force_validation=False)
 
     async def _refresh_setting(self, namespace: str) -> None:
         body = self.setting_bodies.get(namespace)
