@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+DEFAULT_RETRY_WINDOW_SECONDS = 7200  # when a setting names none: the seed's 2 hours
+
 
 @dataclass(frozen=True)
 class UploaderPodConfig:
@@ -44,6 +46,6 @@ class OperatorConfig:
     validation_interval: float = 1800.0  # re-validate each bucket this often (seconds)
     # look at every unfinished recording again this often, whatever the watch delivered
     resync_interval: float = 600.0
-    default_retry_window_seconds: int = 7200  # when a setting names none (the seed's 2 h)
+    default_retry_window_seconds: int = DEFAULT_RETRY_WINDOW_SECONDS
     callback_attempts: int = 5
     callback_timeout: float = 10.0

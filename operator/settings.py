@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from voicevault.crds.voicestoragesetting import VoiceStorageSettingSpec
 from voicevault.operator.conditions import condition, find, merge_conditions
+from voicevault.operator.config import DEFAULT_RETRY_WINDOW_SECONDS
 from voicevault.uploader import envelope
 from voicevault.uploader.bucketurl import BucketLocation, BucketUrlError, parse_bucket_url
 from voicevault.uploader.errors import UploadError, classify
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 VALIDATION_KEY_DIR = ".voicevault-validation"
-DEFAULT_RETRY_WINDOW_SECONDS = 7200  # the seed's 2 hours
 
 
 @dataclass(frozen=True)
