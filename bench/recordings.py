@@ -137,6 +137,13 @@ def run(recordings: int, nodes: int, workdir: Path, rate: float | None = None) -
                     raise SystemExit("not done after an hour")
                 time.sleep(5)
             total = time.monotonic() - started
+            # Events are posted behind the work; count them once the last one is out
+            drain_by = time.monotonic() + 120
+            while metric(stack.operator.metrics(), "voicevault_events_pending") > 0:
+                if time.monotonic() > drain_by:
+                    print("Events still pending after 120 s; counting what was posted")
+                    break
+                time.sleep(1)
             after = apiserver_requests(plane)
             metrics = stack.operator.metrics()
             rss_peak = peak_rss_mib(stack.operator.process.pid)  # type: ignore[union-attr]

@@ -218,7 +218,10 @@ def run(args: argparse.Namespace) -> int:
         settings.posting.enabled = False  # we post our own Events, without secrets
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
+        # kopf keeps a worker (and its slot of the 200) per object until it has been idle
+        # this long; at its default of 5 s a burst of new objects waits for slots, not work
         settings.queueing.worker_limit = 200
+        settings.queueing.idle_timeout = 0.5
         settings.networking.request_timeout = 60
         await controller.start()
         log.info("operator started", extra={"uploader_namespace": config.pods.namespace})

@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -22,6 +22,7 @@ from voicevault.crds import awscredential, recording, voicestoragesetting
 from voicevault.crds.recording import FINALIZER, Phase, RecordingSpec
 from voicevault.crds.voicestoragesetting import SETTING_NAME
 from voicevault.operator import callbacks, credentials, metrics, settings
+from voicevault.operator.bodies import slim
 from voicevault.operator.conditions import condition, find, merge_conditions, parse_time
 from voicevault.operator.config import OperatorConfig
 from voicevault.operator.kube import Kube, is_status
@@ -35,6 +36,7 @@ from voicevault.operator.recordings import (
 )
 from voicevault.operator.scheduler import Scheduler
 from voicevault.operator.settings import CredentialView, SettingView
+from voicevault.operator.workqueue import WorkQueue
 from voicevault.uploader.batchspec import CredentialFile
 from voicevault.uploader.errors import ErrorCode
 from voicevault.uploader.s3client import AwsKeys, make_client
@@ -44,6 +46,16 @@ log = logging.getLogger("voicevault.operator")
 Clock = Callable[[], datetime]
 EVENT_POSTERS = 4
 EVENT_QUEUE = 5000  # Events waiting to be posted; beyond this they are dropped and counted
+EVENT_QUEUE_NORMAL = 4000  # Normal Events stop here: the rest of the queue is for Warnings
+EVENT_REF_FIELDS = ("name", "namespace", "uid", "resourceVersion")  # all an Event names
+INTAKE_WORKERS = 32  # recordings handled at once (API calls go through Kube's 16 threads)
+RESYNC_ROOM = 500  # the resync offers a page, then waits until fewer than this wait
+# Beyond this many waiting, a new recording's event is queued by name only and the object
+# read when its turn comes: a burst of new recordings costs a read each, not a body each.
+# Recordings in flight keep their bodies: their events are few and must not wait on reads.
+INTAKE_BODIES = 1000
+REREAD_FIELDS = ("namespace", "name", "uid")
+RecordingWork = Literal["event", "deleted", "reread"]
 
 
 def utcnow() -> datetime:
@@ -73,8 +85,12 @@ class Controller:
         self.phases: dict[str, str] = {}  # uid -> last seen phase (for metrics and events)
         self.settling: set[str] = set()
         self.accepted: set[str] = set()  # uids given a first phase, until we see it come back
+        # Recording watch events, one slim body per recording, deleted or not
+        self.intake: WorkQueue[tuple[RecordingWork, dict[str, Any]]] = WorkQueue()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        # each entry names its object by reference only, never by body: a burst of
+        # thousands of Events must not keep thousands of Recording bodies alive
         self._events: asyncio.Queue[tuple[dict[str, Any], str, str, str, str]] = asyncio.Queue(
             maxsize=EVENT_QUEUE
         )
@@ -93,6 +109,10 @@ class Controller:
             asyncio.create_task(self._validation_loop(), name="validation"),
             asyncio.create_task(self._resync_loop(), name="resync"),
             *(
+                asyncio.create_task(self._intake_worker(), name=f"recordings-{i}")
+                for i in range(INTAKE_WORKERS)
+            ),
+            *(
                 asyncio.create_task(self._event_poster(), name=f"events-{i}")
                 for i in range(EVENT_POSTERS)
             ),
@@ -110,6 +130,7 @@ class Controller:
             "uploader_pods": len(self.scheduler.active),
             "settings": len(self.settings),
             "recordings": len(self.phases),
+            "recording_events_waiting": len(self.intake),
         }
 
     async def post_event(
@@ -127,16 +148,22 @@ class Controller:
                 "reason": event.reason,
             },
         )
+        ref = {"metadata": {key: meta.get(key) for key in EVENT_REF_FIELDS}}
+        if event.type == "Normal" and self._events.qsize() >= EVENT_QUEUE_NORMAL:
+            metrics.EVENTS_DROPPED.labels(type=event.type).inc()
+            return
         try:
-            self._events.put_nowait((body, kind, event.type, event.reason, message))
+            self._events.put_nowait((ref, kind, event.type, event.reason, message))
         except asyncio.QueueFull:
-            metrics.EVENTS_DROPPED.inc()
+            metrics.EVENTS_DROPPED.labels(type=event.type).inc()
+        metrics.EVENTS_PENDING.set(self._events.qsize())
 
     async def _event_poster(self) -> None:
         """Posts queued Events, so no reconcile waits for one (Events are best effort)."""
         while True:
-            body, kind, type_, reason, message = await self._events.get()
-            await self.kube.post_event(body, kind, type_, reason, message)
+            ref, kind, type_, reason, message = await self._events.get()
+            await self.kube.post_event(ref, kind, type_, reason, message)
+            metrics.EVENTS_PENDING.set(self._events.qsize())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -305,7 +332,7 @@ class Controller:
         old = self.settings.get(namespace)
         self.settings[namespace] = view
         if view.ready and (old is None or not old.ready or old.generation != view.generation):
-            await self._redrive_waiting(namespace)
+            self._redrive_waiting(namespace)
 
     def forget_setting(self, namespace: str, name: str) -> None:
         if name == SETTING_NAME:
@@ -400,10 +427,8 @@ class Controller:
                     created = parse_time(body["metadata"].get("creationTimestamp"))
                     if created is not None and created > cutoff:
                         continue
-                try:
-                    await self.on_recording(body)
-                except Exception:
-                    log.exception("resync failed", extra={"object": body["metadata"].get("name")})
+                self._offer_recording(slim(body))
+            await self.intake.room(below=RESYNC_ROOM)
 
     async def _validation_loop(self) -> None:
         while True:
@@ -418,6 +443,56 @@ class Controller:
                         log.exception("re-validation failed", extra={"namespace": namespace})
 
     # -- Recording -------------------------------------------------------------------------
+
+    def submit_recording(self, body: dict[str, Any], *, deleted: bool = False) -> None:
+        """A watch event: handled by an intake worker, after any earlier one of the same uid."""
+        meta = body["metadata"]
+        work: RecordingWork = "deleted" if deleted else "event"
+        new = not deleted and not (body.get("status") or {}).get("phase")
+        if new and len(self.intake) >= INTAKE_BODIES:
+            work, body = "reread", {"metadata": {k: meta.get(k) for k in REREAD_FIELDS}}
+        # work under way first: a burst of new recordings must not hold up the rest
+        self.intake.put(meta.get("uid", ""), (work, body), urgent=not new)
+        metrics.RECORDING_EVENTS_WAITING.set(len(self.intake))
+
+    def _offer_recording(self, body: dict[str, Any]) -> None:
+        """A body read again (resync, re-drive): queued unless a watch event already is."""
+        self.intake.offer(body["metadata"].get("uid", ""), ("event", body))
+        metrics.RECORDING_EVENTS_WAITING.set(len(self.intake))
+
+    async def _reread(self, ref: dict[str, Any]) -> dict[str, Any] | None:
+        """The object a name-only event stands for, or None if it is gone (or replaced)."""
+        meta = ref["metadata"]
+        metrics.RECORDING_REREADS.inc()
+        try:
+            body = await self.kube.get_object(recording.PLURAL, meta["namespace"], meta["name"])
+        except Exception as exc:
+            if is_status(exc, 404):
+                return None  # deleted: its DELETED event says so
+            raise
+        if body.get("metadata", {}).get("uid") != meta["uid"]:
+            return None  # a new object of the same name: its own events bring it
+        return slim(body)
+
+    async def _intake_worker(self) -> None:
+        while True:
+            uid, (work, body) = await self.intake.get()
+            metrics.RECORDING_EVENTS_WAITING.set(len(self.intake))
+            try:
+                if work == "deleted":
+                    self.forget_recording(body)
+                elif work == "event":
+                    await self.on_recording(body)
+                elif (current := await self._reread(body)) is not None:
+                    await self.on_recording(current)
+            except Exception:
+                meta = body.get("metadata", {})
+                log.exception(
+                    "recording handling failed",
+                    extra={"recording": f"{meta.get('namespace')}/{meta.get('name')}"},
+                )
+            finally:
+                self.intake.done(uid)
 
     async def on_recording(self, body: dict[str, Any]) -> None:
         rec = RecordingView.from_body(body)
@@ -454,7 +529,7 @@ class Controller:
                     recording.PLURAL, rec.namespace, rec.name, decision.status, rv
                 )
                 rv = updated["metadata"]["resourceVersion"]
-                body = updated
+                body = slim(updated)
                 if rec.phase is None and decision.status.get("phase"):
                     self.accepted.add(rec.uid)
         except Exception as exc:
@@ -532,9 +607,9 @@ class Controller:
         metrics.UPLOADS.labels(result="lost").inc()
         await self.post_event(body, event)
 
-    async def _redrive_waiting(self, namespace: str) -> None:
+    def _redrive_waiting(self, namespace: str) -> None:
         for body in list(self.waiting.get(namespace, {}).values()):
-            await self.on_recording(body)
+            self._offer_recording(body)
 
     def _track_phase(self, rec: RecordingView, body: dict[str, Any]) -> None:
         phase = rec.status.get("phase") or "None"

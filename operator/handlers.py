@@ -14,16 +14,8 @@ import kopf
 
 from voicevault import API_GROUP, API_VERSION
 from voicevault.crds import awscredential, recording, voicestoragesetting
+from voicevault.operator.bodies import plain, slim
 from voicevault.operator.controller import Controller
-
-
-def plain(body: Any) -> dict[str, Any]:
-    """A kopf body (read-only views) as plain dicts and lists."""
-    if isinstance(body, dict) or hasattr(body, "items"):
-        return {k: plain(v) for k, v in body.items()}
-    if isinstance(body, list | tuple):
-        return [plain(v) for v in body]  # type: ignore[return-value]
-    return body  # type: ignore[no-any-return]
 
 
 def _controller(memo: Any) -> Controller:
@@ -63,12 +55,10 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.event(API_GROUP, API_VERSION, recording.PLURAL, registry=registry)
     async def recording_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-        body = plain(event["object"])
-        controller = _controller(memo)
-        if event.get("type") == "DELETED":
-            controller.forget_recording(body)
-            return
-        await controller.on_recording(body)
+        # handed over, not handled here: kopf's per-object worker ends at once and no
+        # burst of recordings piles up full event bodies inside kopf
+        deleted = event.get("type") == "DELETED"
+        _controller(memo).submit_recording(slim(event["object"]), deleted=deleted)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -38,6 +38,16 @@ KUBE_REQUESTS = Counter(
     ["verb", "resource"],
 )
 EVENT_FAILURES = Counter("voicevault_event_post_failures_total", "Events that could not be posted.")
+RECORDING_EVENTS_WAITING = Gauge(
+    "voicevault_recording_events_waiting", "Recordings with a watch event not yet handled."
+)
+RECORDING_REREADS = Counter(
+    "voicevault_recording_rereads_total",
+    "Recordings read again because their watch event was queued by name only (a backlog).",
+)
+EVENTS_PENDING = Gauge("voicevault_events_pending", "Events waiting to be posted.")
 EVENTS_DROPPED = Counter(
-    "voicevault_events_dropped_total", "Events not posted because too many were waiting."
+    "voicevault_events_dropped_total",
+    "Events not posted because too many were waiting (Normal ones go first).",
+    ["type"],
 )

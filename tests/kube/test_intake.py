@@ -1,0 +1,76 @@
+"""The Recording intake under a backlog, against a real apiserver.
+
+Past `INTAKE_BODIES` waiting events, a new recording is queued by name only and read again
+when its turn comes. These tests drive the Controller's intake directly (no operator
+process): what is queued, and what a re-read returns when the object is there, gone, or
+replaced by another of the same name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from tests.support import samples
+from tests.support.kube import create
+from voicevault import API_GROUP, API_VERSION
+from voicevault.operator import controller as controller_module
+from voicevault.operator.config import OperatorConfig
+from voicevault.operator.controller import Controller
+from voicevault.operator.kube import Kube
+
+pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("crds")]
+
+
+@pytest.fixture
+def controller(kube_api: Any) -> Iterator[Controller]:
+    kube = Kube(kube_api)  # the session's admin client: not closed here
+    yield Controller(kube, OperatorConfig())
+    kube._pool.shutdown(wait=False)
+
+
+def test_a_backlog_queues_new_recordings_by_name_and_keeps_bodies_of_work_in_flight(
+    controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(controller_module, "INTAKE_BODIES", 1)
+    first = {"metadata": {"name": "a", "namespace": "ns", "uid": "u-a"}, "spec": {"x": 1}}
+    new = {"metadata": {"name": "b", "namespace": "ns", "uid": "u-b", "labels": {}}, "spec": {}}
+    busy = {
+        "metadata": {"name": "c", "namespace": "ns", "uid": "u-c"},
+        "status": {"phase": "Pending"},
+    }
+    for body in (first, new, busy):
+        controller.submit_recording(body)
+
+    async def drain() -> list[tuple[str, Any]]:
+        return [await controller.intake.get() for _ in range(3)]
+
+    got = dict(asyncio.run(drain()))
+    assert got["u-c"] == ("event", busy)  # in flight: its body, and it went first
+    assert got["u-a"] == ("event", first)  # below the limit: its body
+    assert got["u-b"] == ("reread", {"metadata": {"namespace": "ns", "name": "b", "uid": "u-b"}})
+
+
+def test_a_reread_returns_the_current_slim_object_or_nothing_when_gone_or_replaced(
+    controller: Controller, kube_api: Any, namespace: str
+) -> None:
+    created = create(kube_api, "recordings", namespace, samples.recording("call-1"))
+    meta = created["metadata"]
+    ref = {"metadata": {"namespace": namespace, "name": "call-1", "uid": meta["uid"]}}
+
+    current = asyncio.run(controller._reread(ref))
+    assert current is not None
+    assert current["metadata"]["uid"] == meta["uid"]
+    assert current["spec"]["mediaPath"] == "2026/11/call-1.wav"
+    assert "managedFields" not in current["metadata"]
+
+    api = k8s.CustomObjectsApi(kube_api)
+    api.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "recordings", "call-1")
+    assert asyncio.run(controller._reread(ref)) is None  # gone: its DELETED event forgets it
+
+    create(kube_api, "recordings", namespace, samples.recording("call-1"))
+    assert asyncio.run(controller._reread(ref)) is None  # same name, another object
