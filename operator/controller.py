@@ -53,7 +53,7 @@ RESYNC_ROOM = 500  # the resync offers a page, then waits until fewer than this 
 # Beyond this many waiting, a new recording's event is queued by name only and the object
 # read when its turn comes: a burst of new recordings costs a read each, not a body each.
 # Recordings in flight keep their bodies: their events are few and must not wait on reads.
-INTAKE_BODIES = 1000
+INTAKE_BODIES = 3000
 REREAD_FIELDS = ("namespace", "name", "uid")
 RecordingWork = Literal["event", "deleted", "reread"]
 
