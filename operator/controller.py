@@ -422,11 +422,15 @@ class Controller:
             # a recording that never had a phase and is younger than one interval is
             # still in the watch's backlog: handling it here too would only collide
             cutoff = self.clock() - timedelta(seconds=self.config.resync_interval)
-            for body in page:  # a settled recording costs no API call here
+            now = self.clock()
+            for body in page:
                 if not (body.get("status") or {}).get("phase"):
                     created = parse_time(body["metadata"].get("creationTimestamp"))
                     if created is not None and created > cutoff:
                         continue
+                rec = RecordingView.from_body(body)
+                if reconcile(rec, self.settings.get(rec.namespace), now).idle:
+                    continue  # settled: nothing to decide, so nothing to queue or hold
                 self._offer_recording(slim(body))
             await self.intake.room(below=RESYNC_ROOM)
 

@@ -60,6 +60,11 @@ class Decision:
     owned_by_pod: str | None = None  # an uploader pod has it: the scheduler must know
     waiting_for_setting: bool = False
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to write, post, queue or check: a settled recording, for instance."""
+        return self == Decision()
+
 
 @dataclass(frozen=True)
 class RecordingView:

@@ -182,6 +182,26 @@ def test_completed_is_settled_until_conditions_are_written() -> None:
     assert not reconcile(_rec(settled), _setting(), NOW).settle
 
 
+def test_only_a_recording_with_nothing_left_to_do_is_idle() -> None:
+    """The resync skips idle recordings; every other one must not look idle."""
+    stored = [{"type": "Stored", "status": "True"}]
+    settled = _accepted() | {"phase": "Completed", "mediaUrl": "https://x/y"}
+    assert reconcile(_rec(settled | {"conditions": stored}), _setting(), NOW).idle
+    assert reconcile(_rec({"phase": "Local"}), _setting(), NOW).idle
+    assert reconcile(_rec(_accepted() | {"phase": "Cached"}), _setting(), NOW).idle
+    busy = [
+        _rec(settled),  # not settled yet
+        _rec(settled | {"conditions": stored}, finalizers=()),  # finalizer missing
+        _rec(settled | {"conditions": stored}, deleting=True),  # to release
+        _rec(_accepted() | {"phase": "Cached"}, annotations={RETRY_ANNOTATION: "t1"}),
+        _rec(_accepted() | {"phase": "Pending"}),
+        _rec(_accepted() | {"phase": "Uploading", "upload": {"pod": "p1"}}),
+        _rec(),  # new
+    ]
+    for rec in busy:
+        assert not reconcile(rec, _setting(), NOW).idle, rec.status
+
+
 @pytest.mark.parametrize(
     ("phase", "expected"),
     [
