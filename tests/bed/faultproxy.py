@@ -43,7 +43,7 @@ import sys
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -358,7 +358,8 @@ class _BodyCopier:
     """Copies one message body piece by piece, keeping its framing.
 
     ``cut_at`` stops after that many body bytes (returning ``False``); ``corrupt_at`` flips
-    the lowest bit of that body byte; ``writer=None`` discards the body.
+    the lowest bit of that body byte; ``writer=None`` discards the body. ``on_bytes`` is
+    told of each piece before it is written, so a count never trails what the peer has.
     """
 
     def __init__(
@@ -368,11 +369,13 @@ class _BodyCopier:
         *,
         cut_at: int | None = None,
         corrupt_at: int | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.cut_at = cut_at
         self.corrupt_at = corrupt_at
+        self.on_bytes = on_bytes
         self.pos = 0
         self.corrupted = False
 
@@ -438,6 +441,8 @@ class _BodyCopier:
             piece = bytes(mutable)
             self.corrupted = True
         self.pos += len(piece)
+        if self.on_bytes is not None:
+            self.on_bytes(len(piece))
         await self._write(piece)
 
     async def _write(self, data: bytes) -> None:
@@ -932,11 +937,9 @@ class FaultProxy:
             up_reader,
             writer,
             cut_at=reset.after_response_bytes if reset is not None else None,
+            on_bytes=lambda n: self._count_bytes(down=n),
         )
-        try:
-            await response_body.copy(framing)
-        finally:
-            self._count_bytes(down=response_body.pos)
+        await response_body.copy(framing)
         if reset is not None:
             self._count_fault(reset)
             upstream.close(abort=True)
