@@ -421,8 +421,8 @@ class Controller:
         async for page in self.kube.list_pages(recording.PLURAL):
             # a recording that never had a phase and is younger than one interval is
             # still in the watch's backlog: handling it here too would only collide
-            cutoff = self.clock() - timedelta(seconds=self.config.resync_interval)
             now = self.clock()
+            cutoff = now - timedelta(seconds=self.config.resync_interval)
             for body in page:
                 if not (body.get("status") or {}).get("phase"):
                     created = parse_time(body["metadata"].get("creationTimestamp"))
