@@ -11,12 +11,20 @@ the first half. At the end it waits for every recording to settle and reports
 recordings processed, faults injected by kind, losses and corrupted objects (both must be
 0), and the operator's RSS over time with its trend.
 
+Completed recordings are checked (decrypted and compared, one object, no open upload,
+media gone) once they are `--retire-after` seconds old, then deleted with their object,
+as a cluster that prunes stored recordings would: the population stays steady, so what
+the operator keeps per existing recording does not pass for a leak. The rest are checked
+at the end, and every deleted recording must be gone (its finalizer released).
+
 The memory verdict is taken over the second half, the steady window: the stream and the
 S3 and pod faults go on, but nothing restarts. An apiserver restart makes kopf list every
 object again, which raises the high-water mark once; a leak shows as a slope where
-nothing but work happens. Exit status: 0 clean, 1 a recording lost or corrupted, 2 the
-operator's memory kept growing (in the steady window, the mean of the last third of the
-samples over 10% above the mean of the first third).
+nothing but work happens. Beside RSS the operator's live Python heap blocks are sampled
+(`voicevault_python_heap_blocks`): live state that keeps growing is a leak, RSS growth
+without it is the allocator's high-water mark. Exit status: 0 clean, 1 a recording lost
+or corrupted, 2 the operator's memory kept growing (in the steady window, the mean of the
+last third of the samples over 10% above the mean of the first third).
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ from tests.bed.kubelet import kill_leftovers
 from tests.bed.s3_moto import MotoS3
 from tests.bed.stack import Account, Stack
 from tests.support import invariants
-from tests.support.kube import wait_for
+from tests.support.kube import as_dict, wait_for
+from voicevault import API_GROUP, API_VERSION
 
 MIB = 1 << 20
 
@@ -75,7 +84,11 @@ class Soak:
         self.faults: Counter[str] = Counter()
         self.data: dict[tuple[int, str], bytes] = {}
         self.node_of: dict[tuple[int, str], str] = {}
-        self.rss: list[tuple[float, int, float]] = []  # (elapsed s, operator start number, MiB)
+        self.created: dict[tuple[int, str], float] = {}
+        self.outcome = invariants.Outcome()
+        self.retired: list[tuple[int, str]] = []
+        # (elapsed s, operator start number, RSS MiB, live heap blocks)
+        self.memory: list[tuple[float, int, float, float]] = []
 
     def record(self, index: int) -> None:
         account_index = index % len(self.accounts)
@@ -87,6 +100,48 @@ class Soak:
         self.stack.record(account, name, data, node=node)
         self.data[(account_index, name)] = data
         self.node_of[(account_index, name)] = node
+        self.created[(account_index, name)] = time.monotonic()
+
+    def retire(self, before: float) -> None:
+        """Check the Completed recordings created before `before`, then delete each with
+        its object."""
+        for number, account in enumerate(self.accounts):
+            due = [n for (a, n), t in self.created.items() if a == number and t < before]
+            done = {
+                n: self.data[(number, n)]
+                for n in due
+                if phase_of(self.stack, account.namespace, n) == "Completed"
+            }
+            if not done:
+                continue
+            node_of = {n: self.node_of[(number, n)] for n in done}
+            keys = {
+                n: self.stack.get(account.namespace, "recordings", n)["status"]["storage"][
+                    "objectKey"
+                ]
+                for n in done
+            }
+            self.outcome.add(invariants.check(self.stack, account, done, node_of))
+            client = self.stack.s3.admin_client()
+            for name in done:
+                self.stack.delete(account.namespace, "recordings", name)
+                client.delete_object(Bucket=account.s3.bucket, Key=keys[name])
+                for table in (self.data, self.node_of, self.created):
+                    del table[(number, name)]
+                self.retired.append((number, name))
+
+    def not_gone(self) -> list[str]:
+        """Deleted recordings still there (a finalizer never released)."""
+        left = []
+        for number, account in enumerate(self.accounts):
+            listed = as_dict(
+                self.stack.custom.list_namespaced_custom_object(
+                    API_GROUP, API_VERSION, account.namespace, "recordings"
+                )
+            )
+            names = {item["metadata"]["name"] for item in listed["items"]}
+            left += [n for a, n in self.retired if a == number and n in names]
+        return left
 
     def inject(self, elapsed: float, total: float) -> None:
         roll = self.rng.random()
@@ -118,8 +173,20 @@ class Soak:
 
     def sample(self, elapsed: float) -> None:
         process = self.stack.operator.process
-        if process is not None and process.alive:
-            self.rss.append((elapsed, self.stack.operator.starts, rss_mib(process.pid)))
+        if process is None or not process.alive:
+            return
+        try:
+            blocks = invariants.metric(
+                self.stack.operator.metrics(), "voicevault_python_heap_blocks"
+            )
+        except OSError:
+            return  # restarting: the next sample has it
+        self.memory.append((elapsed, self.stack.operator.starts, rss_mib(process.pid), blocks))
+
+
+def phase_of(stack: Stack, namespace: str, name: str) -> str | None:
+    status = stack.get(namespace, "recordings", name).get("status") or {}
+    return status.get("phase")
 
 
 def main() -> int:
@@ -130,6 +197,12 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between recordings")
     parser.add_argument("--fault-every", type=float, default=20.0, help="seconds between faults")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--retire-after",
+        type=float,
+        default=120.0,
+        help="seconds after which a Completed recording is checked and deleted (0: never)",
+    )
     args = parser.parse_args()
     total = args.minutes * 60
     with tempfile.TemporaryDirectory(prefix="vv-soak-") as tmp:
@@ -174,11 +247,15 @@ def main() -> int:
                         soak.inject(elapsed, total)
                         next_fault += args.fault_every
                     if elapsed >= next_sample:
+                        if args.retire_after:
+                            soak.retire(time.monotonic() - args.retire_after)
                         soak.sample(elapsed)
                         next_sample += 30
+                        _, _, rss, blocks = soak.memory[-1] if soak.memory else (0, 0, 0.0, 0.0)
                         print(
-                            f"{elapsed:7.0f}s  recordings {index:5d}  faults {sum(soak.faults.values()):3d}  "
-                            f"operator RSS {soak.rss[-1][2] if soak.rss else 0:.0f} MiB",
+                            f"{elapsed:7.0f}s  recordings {index:5d} ({len(soak.data)} exist)  "
+                            f"faults {sum(soak.faults.values()):3d}  operator RSS {rss:.0f} MiB, "
+                            f"heap blocks {blocks:,.0f}",
                             flush=True,
                         )
                     threading.Event().wait(args.interval)
@@ -195,22 +272,31 @@ def main() -> int:
                         all_settled, timeout=1800, interval=5, what="every recording to settle"
                     )
                 soak.sample(time.monotonic() - started)
-                lost, corrupt, phases = [], [], Counter[str]()
+                outcome = soak.outcome
                 for number, account in enumerate(accounts):
                     data = {n: d for (a, n), d in soak.data.items() if a == number}
                     node_of = {n: node for (a, n), node in soak.node_of.items() if a == number}
-                    outcome = invariants.check(stack, account, data, node_of)
-                    lost += outcome.lost + outcome.open_uploads
-                    corrupt += outcome.corrupt
-                    phases.update(outcome.phases)
-                last_start = max(s for _, s, _ in soak.rss)
-                last_run = [(t, m) for t, s, m in soak.rss if s == last_start]
-                steady = [(t, m) for t, m in last_run if t >= total / 2] or last_run
+                    outcome.add(invariants.check(stack, account, data, node_of))
+                try:
+                    wait_for(
+                        lambda: not soak.not_gone(), timeout=120, what="deleted recordings gone"
+                    )
+                    stuck = []
+                except AssertionError:
+                    stuck = soak.not_gone()
+                lost = outcome.lost + outcome.open_uploads + [f"{n}: never deleted" for n in stuck]
+                corrupt = outcome.corrupt + outcome.duplicates
+                last_start = max(s for _, s, _, _ in soak.memory)
+                last_run = [(t, m, b) for t, s, m, b in soak.memory if s == last_start]
+                steady = [(t, m, b) for t, m, b in last_run if t >= total / 2] or last_run
                 print()
                 print(
                     f"duration                 {args.minutes:.0f} min, one recording every {args.interval}s"
                 )
-                print(f"recordings processed     {len(soak.data)}  {dict(phases)}")
+                print(
+                    f"recordings processed     {len(soak.retired) + len(soak.data)}  "
+                    f"{dict(outcome.phases)}; {len(soak.retired)} checked and deleted along the way"
+                )
                 for kind, count in sorted(soak.faults.items()):
                     print(f"fault: {kind:24s} {count}")
                 print(f"lost                     {len(lost)} {lost[:5]}")
@@ -218,15 +304,24 @@ def main() -> int:
                 print(
                     f"operator RSS (last run)  start {last_run[0][1]:.0f} MiB at {last_run[0][0]:.0f}s, "
                     f"end {last_run[-1][1]:.0f} MiB at {last_run[-1][0]:.0f}s, "
-                    f"max {max(m for _, m in last_run):.0f} MiB"
+                    f"max {max(m for _, m, _ in last_run):.0f} MiB"
                 )
-                print("operator RSS samples     " + " ".join(f"{m:.0f}" for _, m in last_run))
-                per_hour, first, last = rss_trend(steady)
+                print("operator RSS samples     " + " ".join(f"{m:.0f}" for _, m, _ in last_run))
+                print(
+                    "heap blocks (thousands) " + " ".join(f"{b / 1000:.0f}" for _, _, b in last_run)
+                )
+                per_hour, first, last = rss_trend([(t, m) for t, m, _ in steady])
                 growing = last > first * 1.10 and per_hour > 0
                 print(
                     f"operator RSS trend       from {steady[0][0]:.0f}s (steady window): "
                     f"{per_hour:+.1f} MiB/h; mean of the first third {first:.0f} MiB, "
                     f"last third {last:.0f} MiB: " + ("GROWING" if growing else "no growth trend")
+                )
+                blocks_hour, blocks_first, blocks_last = rss_trend([(t, b) for t, _, b in steady])
+                print(
+                    f"heap blocks trend        {blocks_hour:+,.0f} blocks/h; mean of the first "
+                    f"third {blocks_first:,.0f}, last third {blocks_last:,.0f} "
+                    f"({(blocks_last / blocks_first - 1) * 100 if blocks_first else 0:+.1f}%)"
                 )
                 if lost or corrupt:
                     return 1

@@ -514,6 +514,7 @@ class Controller:
         namespace = body.get("metadata", {}).get("namespace", "")
         self.scheduler.unqueue(uid)
         self.waiting.get(namespace, {}).pop(uid, None)
+        self.accepted.discard(uid)  # deleted before its first phase came back to us
         if uid in self.phases:
             metrics.RECORDINGS.labels(phase=self.phases.pop(uid)).dec()
             self._update_cached_gauge()

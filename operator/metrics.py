@@ -3,6 +3,8 @@ other than namespace (an account) and phase."""
 
 from __future__ import annotations
 
+import sys
+
 from prometheus_client import Counter, Gauge, Histogram
 
 UPLOADS = Counter(
@@ -51,3 +53,9 @@ EVENTS_DROPPED = Counter(
     "Events not posted because too many were waiting (Normal ones go first).",
     ["type"],
 )
+HEAP_BLOCKS = Gauge(
+    "voicevault_python_heap_blocks",
+    "Memory blocks Python holds for live objects. Growth here is live state; RSS growth "
+    "without it is the allocator's high-water mark.",
+)
+HEAP_BLOCKS.set_function(sys.getallocatedblocks)

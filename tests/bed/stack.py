@@ -324,6 +324,9 @@ class Stack:
             )
         )
 
+    def delete(self, namespace: str, plural: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural, name)
+
     def media_file(self, node: str, namespace: str, rel: str) -> Path:
         return self.kubelet.node_dir(node) / HOST_PATH.lstrip("/") / namespace / rel
 

@@ -84,3 +84,6 @@ def test_recording_is_stored_deleted_locally_and_called_back(
         ],
     )
     assert samples(after, "voicevault_storage_setting_valid", namespace=account.namespace) == [1]
+    # live heap blocks, read at each scrape: a soak tells a leak from allocator high water
+    (blocks,) = samples(after, "voicevault_python_heap_blocks")
+    assert 10_000 < blocks < 100_000_000

@@ -427,9 +427,7 @@ def test_recording_on_a_node_that_does_not_exist(live_stack: Stack) -> None:
     done = live_stack.wait_phase(account.namespace, "somewhere", *TERMINAL, timeout=60)["status"]
     assert done["phase"] == "Completed", done
     # ...and the recording for the missing node can still be deleted
-    live_stack.custom.delete_namespaced_custom_object(
-        API_GROUP, API_VERSION, account.namespace, "recordings", "nowhere"
-    )
+    live_stack.delete(account.namespace, "recordings", "nowhere")
     wait_for(
         lambda: _gone(live_stack, account.namespace, "nowhere"),
         timeout=60,

@@ -87,9 +87,7 @@ def test_deleting_a_recording_mid_upload_leaves_no_upload_and_no_file(
     assert media.exists()
     proxy.clear_rules()
 
-    live_stack.custom.delete_namespaced_custom_object(
-        API_GROUP, API_VERSION, account.namespace, "recordings", "doomed"
-    )
+    live_stack.delete(account.namespace, "recordings", "doomed")
 
     def gone() -> bool:
         try:

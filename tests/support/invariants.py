@@ -29,6 +29,14 @@ class Outcome:
     duplicates: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
 
+    def add(self, other: Outcome) -> None:
+        self.phases.update(other.phases)
+        self.corrupt += other.corrupt
+        self.lost += other.lost
+        self.open_uploads += other.open_uploads
+        self.duplicates += other.duplicates
+        self.kept += other.kept
+
     def assert_clean(self) -> None:
         assert not self.lost, f"lost: {self.lost}"
         assert not self.corrupt, f"corrupt: {self.corrupt}"
