@@ -24,7 +24,7 @@ nothing but work happens. Beside RSS the operator's live Python heap blocks are 
 (`voicevault_python_heap_blocks`): live state that keeps growing is a leak, RSS growth
 without it is the allocator's high-water mark. Exit status: 0 clean, 1 a recording lost
 or corrupted, 2 the operator's memory kept growing (in the steady window, the mean of the
-last third of the samples over 10% above the mean of the first third).
+last third of the RSS or heap-block samples over 10% above the mean of the first third).
 """
 
 from __future__ import annotations
@@ -73,6 +73,11 @@ def rss_trend(samples: list[tuple[float, float]]) -> tuple[float, float, float]:
     first = sum(m for _, m in samples[:third]) / third
     last = sum(m for _, m in samples[-third:]) / third
     return slope * 3600, first, last
+
+
+def grows(per_hour: float, first: float, last: float) -> bool:
+    """The verdict: rising, and the last third over 10% above the first."""
+    return per_hour > 0 and last > first * 1.10
 
 
 class Soak:
@@ -311,21 +316,23 @@ def main() -> int:
                     "heap blocks (thousands) " + " ".join(f"{b / 1000:.0f}" for _, _, b in last_run)
                 )
                 per_hour, first, last = rss_trend([(t, m) for t, m, _ in steady])
-                growing = last > first * 1.10 and per_hour > 0
+                rss_grows = grows(per_hour, first, last)
                 print(
                     f"operator RSS trend       from {steady[0][0]:.0f}s (steady window): "
                     f"{per_hour:+.1f} MiB/h; mean of the first third {first:.0f} MiB, "
-                    f"last third {last:.0f} MiB: " + ("GROWING" if growing else "no growth trend")
+                    f"last third {last:.0f} MiB: " + ("GROWING" if rss_grows else "no growth trend")
                 )
-                blocks_hour, blocks_first, blocks_last = rss_trend([(t, b) for t, _, b in steady])
+                per_hour, first, last = rss_trend([(t, b) for t, _, b in steady])
+                heap_grows = grows(per_hour, first, last)
                 print(
-                    f"heap blocks trend        {blocks_hour:+,.0f} blocks/h; mean of the first "
-                    f"third {blocks_first:,.0f}, last third {blocks_last:,.0f} "
-                    f"({(blocks_last / blocks_first - 1) * 100 if blocks_first else 0:+.1f}%)"
+                    f"heap blocks trend        {per_hour:+,.0f} blocks/h; mean of the first "
+                    f"third {first:,.0f}, last third {last:,.0f} "
+                    f"({(last / first - 1) * 100 if first else 0:+.1f}%): "
+                    + ("GROWING" if heap_grows else "no growth trend")
                 )
                 if lost or corrupt:
                     return 1
-                return 2 if growing else 0
+                return 2 if rss_grows or heap_grows else 0
             finally:
                 stack.stop()
 

@@ -3,7 +3,7 @@
 Past `INTAKE_BODIES` waiting events, a new recording is queued by name only and read again
 when its turn comes. These tests drive the Controller's intake directly (no operator
 process): what is queued, and what a re-read returns when the object is there, gone, or
-replaced by another of the same name.
+replaced by another of the same name; and that a deleted recording leaves no state behind.
 """
 
 from __future__ import annotations
@@ -74,3 +74,20 @@ def test_a_reread_returns_the_current_slim_object_or_nothing_when_gone_or_replac
 
     create(kube_api, "recordings", namespace, samples.recording("call-1"))
     assert asyncio.run(controller._reread(ref)) is None  # same name, another object
+
+
+def test_a_deleted_recording_leaves_nothing_behind_in_the_controller(
+    controller: Controller, kube_api: Any, namespace: str
+) -> None:
+    """Deleted before its first phase came back to us: no per-recording state stays (a soak
+    that deletes stored recordings would see it as a leak)."""
+    created = create(kube_api, "recordings", namespace, samples.recording("call-1"))
+    uid = created["metadata"]["uid"]
+    asyncio.run(controller.on_recording(created))  # no setting here: the phase is Local
+    assert uid in controller.accepted and uid in controller.phases
+
+    controller.forget_recording(created)  # its DELETED event
+    assert uid not in controller.accepted
+    assert uid not in controller.phases
+    assert all(uid not in waiting for waiting in controller.waiting.values())
+    assert controller.probe()["recordings"] == 0
