@@ -23,8 +23,10 @@ object again, which raises the high-water mark once; a leak shows as a slope whe
 nothing but work happens. Beside RSS the operator's live Python heap blocks are sampled
 (`voicevault_python_heap_blocks`): live state that keeps growing is a leak, RSS growth
 without it is the allocator's high-water mark. Exit status: 0 clean, 1 a recording lost
-or corrupted, 2 the operator's memory kept growing (in the steady window, the mean of the
-last third of the RSS or heap-block samples over 10% above the mean of the first third).
+or corrupted, 2 the operator's memory kept growing in the steady window: the mean of the
+last third of the RSS samples over 10% above the mean of the first third, or the live
+heap's floor (the least sample of a third; between full collections the blocks include
+cyclic garbage) over 5% above.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -75,9 +79,65 @@ def rss_trend(samples: list[tuple[float, float]]) -> tuple[float, float, float]:
     return slope * 3600, first, last
 
 
-def grows(per_hour: float, first: float, last: float) -> bool:
-    """The verdict: rising, and the last third over 10% above the first."""
-    return per_hour > 0 and last > first * 1.10
+def grows(per_hour: float, first: float, last: float, limit: float) -> bool:
+    """The verdict: rising, and the last third over `limit` (0.10: 10%) above the first."""
+    return per_hour > 0 and last > first * (1 + limit)
+
+
+class Sample(NamedTuple):
+    elapsed: float
+    start: int  # which operator process: 1 is the first, each restart adds one
+    rss: float  # MiB
+    blocks: float  # live Python heap blocks, cyclic garbage not yet collected included
+    full_gcs: float  # generation-2 collections so far
+
+
+def judge_memory(samples: list[Sample], window_from: float) -> bool:
+    """Print the last operator run's memory and its verdict over the steady window; True
+    when it kept growing.
+
+    RSS is judged by the means of the first and last thirds. Live heap blocks are judged
+    by their floor (the least in each third): between full collections they include
+    cyclic garbage, and those peaks are not state the operator keeps.
+    """
+    last_start = max(x.start for x in samples)
+    run = [x for x in samples if x.start == last_start]
+    steady = [x for x in run if x.elapsed >= window_from] or run
+    print(
+        f"operator RSS (last run)  start {run[0].rss:.0f} MiB at {run[0].elapsed:.0f}s, "
+        f"end {run[-1].rss:.0f} MiB at {run[-1].elapsed:.0f}s, "
+        f"max {max(x.rss for x in run):.0f} MiB"
+    )
+    print("operator RSS samples     " + " ".join(f"{x.rss:.0f}" for x in run))
+    print("heap blocks (thousands) " + " ".join(f"{x.blocks / 1000:.0f}" for x in run))
+    per_hour, first, last = rss_trend([(x.elapsed, x.rss) for x in steady])
+    rss_grows = grows(per_hour, first, last, 0.10)
+    print(
+        f"operator RSS trend       from {steady[0].elapsed:.0f}s (steady window): "
+        f"{per_hour:+.1f} MiB/h; mean of the first third {first:.0f} MiB, "
+        f"last third {last:.0f} MiB: " + ("GROWING" if rss_grows else "no growth trend")
+    )
+    third = max(1, len(steady) // 3)
+    floor_first = min(x.blocks for x in steady[:third])
+    floor_last = min(x.blocks for x in steady[-third:])
+    heap_grows = floor_last > floor_first * 1.05
+    print(
+        f"live heap floor          first third {floor_first:,.0f} blocks, last third "
+        f"{floor_last:,.0f} ({(floor_last / floor_first - 1) * 100:+.1f}%): "
+        + ("GROWING" if heap_grows else "no growth trend")
+    )
+    rises = [(before, after) for before, after in pairwise(steady) if after.rss >= before.rss + 1]
+    at_peak = sum(
+        1
+        for before, after in rises
+        if after.full_gcs > before.full_gcs or after.blocks > floor_first * 1.10
+    )
+    print(
+        f"RSS steps of 1 MiB+      {len(rises)} in the window, {at_peak} of them at a heap peak "
+        f"or a full collection; full collections in the window: "
+        f"{steady[-1].full_gcs - steady[0].full_gcs:.0f}"
+    )
+    return rss_grows or heap_grows
 
 
 class Soak:
@@ -92,8 +152,7 @@ class Soak:
         self.created: dict[tuple[int, str], float] = {}
         self.outcome = invariants.Outcome()
         self.retired: list[tuple[int, str]] = []
-        # (elapsed s, operator start number, RSS MiB, live heap blocks)
-        self.memory: list[tuple[float, int, float, float]] = []
+        self.memory: list[Sample] = []
 
     def record(self, index: int) -> None:
         account_index = index % len(self.accounts)
@@ -181,12 +240,18 @@ class Soak:
         if process is None or not process.alive:
             return
         try:
-            blocks = invariants.metric(
-                self.stack.operator.metrics(), "voicevault_python_heap_blocks"
-            )
+            scrape = self.stack.operator.metrics()
         except OSError:
             return  # restarting: the next sample has it
-        self.memory.append((elapsed, self.stack.operator.starts, rss_mib(process.pid), blocks))
+        self.memory.append(
+            Sample(
+                elapsed,
+                self.stack.operator.starts,
+                rss_mib(process.pid),
+                invariants.metric(scrape, "voicevault_python_heap_blocks"),
+                invariants.metric(scrape, "python_gc_collections_total", generation="2"),
+            )
+        )
 
 
 def phase_of(stack: Stack, namespace: str, name: str) -> str | None:
@@ -256,11 +321,11 @@ def main() -> int:
                             soak.retire(time.monotonic() - args.retire_after)
                         soak.sample(elapsed)
                         next_sample += 30
-                        _, _, rss, blocks = soak.memory[-1] if soak.memory else (0, 0, 0.0, 0.0)
+                        last = soak.memory[-1] if soak.memory else Sample(0, 0, 0, 0, 0)
                         print(
                             f"{elapsed:7.0f}s  recordings {index:5d} ({len(soak.data)} exist)  "
-                            f"faults {sum(soak.faults.values()):3d}  operator RSS {rss:.0f} MiB, "
-                            f"heap blocks {blocks:,.0f}",
+                            f"faults {sum(soak.faults.values()):3d}  "
+                            f"operator RSS {last.rss:.0f} MiB, heap blocks {last.blocks:,.0f}",
                             flush=True,
                         )
                     threading.Event().wait(args.interval)
@@ -291,9 +356,6 @@ def main() -> int:
                     stuck = soak.not_gone()
                 lost = outcome.lost + outcome.open_uploads + [f"{n}: never deleted" for n in stuck]
                 corrupt = outcome.corrupt + outcome.duplicates
-                last_start = max(s for _, s, _, _ in soak.memory)
-                last_run = [(t, m, b) for t, s, m, b in soak.memory if s == last_start]
-                steady = [(t, m, b) for t, m, b in last_run if t >= total / 2] or last_run
                 print()
                 print(
                     f"duration                 {args.minutes:.0f} min, one recording every {args.interval}s"
@@ -306,33 +368,10 @@ def main() -> int:
                     print(f"fault: {kind:24s} {count}")
                 print(f"lost                     {len(lost)} {lost[:5]}")
                 print(f"corrupted                {len(corrupt)} {corrupt[:5]}")
-                print(
-                    f"operator RSS (last run)  start {last_run[0][1]:.0f} MiB at {last_run[0][0]:.0f}s, "
-                    f"end {last_run[-1][1]:.0f} MiB at {last_run[-1][0]:.0f}s, "
-                    f"max {max(m for _, m, _ in last_run):.0f} MiB"
-                )
-                print("operator RSS samples     " + " ".join(f"{m:.0f}" for _, m, _ in last_run))
-                print(
-                    "heap blocks (thousands) " + " ".join(f"{b / 1000:.0f}" for _, _, b in last_run)
-                )
-                per_hour, first, last = rss_trend([(t, m) for t, m, _ in steady])
-                rss_grows = grows(per_hour, first, last)
-                print(
-                    f"operator RSS trend       from {steady[0][0]:.0f}s (steady window): "
-                    f"{per_hour:+.1f} MiB/h; mean of the first third {first:.0f} MiB, "
-                    f"last third {last:.0f} MiB: " + ("GROWING" if rss_grows else "no growth trend")
-                )
-                per_hour, first, last = rss_trend([(t, b) for t, _, b in steady])
-                heap_grows = grows(per_hour, first, last)
-                print(
-                    f"heap blocks trend        {per_hour:+,.0f} blocks/h; mean of the first "
-                    f"third {first:,.0f}, last third {last:,.0f} "
-                    f"({(last / first - 1) * 100 if first else 0:+.1f}%): "
-                    + ("GROWING" if heap_grows else "no growth trend")
-                )
+                growing = judge_memory(soak.memory, total / 2)
                 if lost or corrupt:
                     return 1
-                return 2 if rss_grows or heap_grows else 0
+                return 2 if growing else 0
             finally:
                 stack.stop()
 
