@@ -1,0 +1,28 @@
+"""S3 clients share one boto3 session's parsed models, never its credentials."""
+
+from __future__ import annotations
+
+from voicevault.uploader.bucketurl import parse_bucket_url
+from voicevault.uploader.s3client import AwsKeys, make_client
+
+
+def test_clients_share_the_parsed_model_but_each_keeps_its_own_keys() -> None:
+    location = parse_bucket_url("https://bucket-one.s3.eu-west-1.amazonaws.com/calls/")
+    a = make_client(location, AwsKeys("AKIAFIRSTFIRSTFIRST1", "first-secret"))
+    b = make_client(location, AwsKeys("AKIASECONDSECONDSEC2", "second-secret", "token-2"))
+    # one loader: botocore's S3 model is parsed once, not at every setting validation
+    assert a._loader is b._loader  # type: ignore[attr-defined]
+    first = a._request_signer._credentials  # type: ignore[attr-defined]
+    second = b._request_signer._credentials  # type: ignore[attr-defined]
+    assert (first.access_key, first.secret_key, first.token) == (
+        "AKIAFIRSTFIRSTFIRST1",
+        "first-secret",
+        None,
+    )
+    assert (second.access_key, second.secret_key, second.token) == (
+        "AKIASECONDSECONDSEC2",
+        "second-secret",
+        "token-2",
+    )
+    assert a.meta.region_name == "eu-west-1"
+    assert a.meta.events is not b.meta.events  # handlers one client adds stay its own
