@@ -147,6 +147,7 @@ class Soak:
         self.accounts = accounts
         self.rng = random.Random(seed)
         self.faults: Counter[str] = Counter()
+        self.pod_kills_missed = 0  # no uploader pod ran within 10 s
         self.data: dict[tuple[int, str], bytes] = {}
         self.node_of: dict[tuple[int, str], str] = {}
         self.created: dict[tuple[int, str], float] = {}
@@ -224,9 +225,13 @@ class Soak:
             )
             self.faults["S3 connection reset mid-part"] += 1
         elif roll < 0.65:
+            # a pod lives a few seconds here: wait for one (up to 10 s) to have one to kill
+            deadline = time.monotonic() + 10
+            while not self.stack.kubelet.running_pods() and time.monotonic() < deadline:
+                threading.Event().wait(0.1)
             killed = kill_leftovers(self.stack.kubelet.root)
-            if killed:
-                self.faults["uploader pod killed"] += len(killed)
+            self.faults["uploader pod killed"] += len(killed)
+            self.pod_kills_missed += not killed
         elif roll < 0.75 and elapsed < total / 4:
             self.stack.operator.kill()
             self.faults["operator SIGKILL"] += 1
@@ -366,6 +371,7 @@ def main() -> int:
                 )
                 for kind, count in sorted(soak.faults.items()):
                     print(f"fault: {kind:24s} {count}")
+                print(f"pod kills, none running  {soak.pod_kills_missed}")
                 print(f"lost                     {len(lost)} {lost[:5]}")
                 print(f"corrupted                {len(corrupt)} {corrupt[:5]}")
                 growing = judge_memory(soak.memory, total / 2)
