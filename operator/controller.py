@@ -39,7 +39,7 @@ from voicevault.operator.settings import CredentialView, SettingView
 from voicevault.operator.workqueue import WorkQueue
 from voicevault.uploader.batchspec import CredentialFile
 from voicevault.uploader.errors import ErrorCode
-from voicevault.uploader.s3client import AwsKeys, make_client
+from voicevault.uploader.s3client import AwsKeys, make_client, warm_up
 
 log = logging.getLogger("voicevault.operator")
 
@@ -99,6 +99,7 @@ class Controller:
 
     async def start(self) -> None:
         """Load credentials and settings before any Recording is looked at, adopt pods."""
+        await asyncio.to_thread(warm_up)  # the S3 model, once, before the first validation
         for body in await self.kube.list_objects(awscredential.PLURAL):
             await self.on_credential(body, refresh_settings=False)
         for body in await self.kube.list_objects(voicestoragesetting.PLURAL):
@@ -381,11 +382,13 @@ class Controller:
         keys = await self.resolve_credential(namespace, credential.name)
         if isinstance(keys, str):
             return False, "CredentialUnusable", keys
-        client = make_client(
-            evaluation.location,
-            AwsKeys(keys.access_key_id, keys.secret_access_key, keys.session_token),
-        )
-        return await asyncio.to_thread(settings.validate_bucket, client, evaluation.location)
+        location = evaluation.location
+        aws_keys = AwsKeys(keys.access_key_id, keys.secret_access_key, keys.session_token)
+
+        def validate() -> tuple[bool, str, str]:
+            return settings.validate_bucket(make_client(location, aws_keys), location)
+
+        return await asyncio.to_thread(validate)
 
     async def _setting_events(
         self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from botocore.loaders import JSONFileLoader
+
 from voicevault.uploader.bucketurl import parse_bucket_url
-from voicevault.uploader.s3client import AwsKeys, make_client
+from voicevault.uploader.s3client import AwsKeys, make_client, warm_up
 
 
 def test_clients_share_the_parsed_model_but_each_keeps_its_own_keys() -> None:
@@ -26,3 +29,17 @@ def test_clients_share_the_parsed_model_but_each_keeps_its_own_keys() -> None:
     )
     assert a.meta.region_name == "eu-west-1"
     assert a.meta.events is not b.meta.events  # handlers one client adds stay its own
+
+
+def test_after_warm_up_a_client_reads_no_model_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    warm_up()
+
+    def no_file(*_: object, **__: object) -> None:
+        raise AssertionError("botocore read a model file after the warm-up")
+
+    monkeypatch.setattr(JSONFileLoader, "load_file", no_file)
+    location = parse_bucket_url(
+        "http://127.0.0.1:9000/bucket-two/", endpoint_url="http://127.0.0.1:9000"
+    )
+    client = make_client(location, AwsKeys("AKIATHIRDTHIRDTHIRD3", "third-secret"))
+    assert client.meta.endpoint_url == "http://127.0.0.1:9000"
