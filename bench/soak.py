@@ -172,20 +172,19 @@ class Soak:
         its object."""
         for number, account in enumerate(self.accounts):
             due = [n for (a, n), t in self.created.items() if a == number and t < before]
-            done = {
-                n: self.data[(number, n)]
+            statuses = {
+                n: self.stack.get(account.namespace, "recordings", n).get("status") or {}
                 for n in due
-                if phase_of(self.stack, account.namespace, n) == "Completed"
             }
-            if not done:
-                continue
-            node_of = {n: self.node_of[(number, n)] for n in done}
             keys = {
-                n: self.stack.get(account.namespace, "recordings", n)["status"]["storage"][
-                    "objectKey"
-                ]
-                for n in done
+                n: status["storage"]["objectKey"]
+                for n, status in statuses.items()
+                if status.get("phase") == "Completed"
             }
+            if not keys:
+                continue
+            done = {n: self.data[(number, n)] for n in keys}
+            node_of = {n: self.node_of[(number, n)] for n in keys}
             self.outcome.add(invariants.check(self.stack, account, done, node_of))
             client = self.stack.s3.admin_client()
             for name in done:
@@ -257,11 +256,6 @@ class Soak:
                 invariants.metric(scrape, "python_gc_collections_total", generation="2"),
             )
         )
-
-
-def phase_of(stack: Stack, namespace: str, name: str) -> str | None:
-    status = stack.get(namespace, "recordings", name).get("status") or {}
-    return status.get("phase")
 
 
 def main() -> int:
