@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -12,6 +13,9 @@ from voicevault import logs
 from voicevault.operator.config import OperatorConfig, UploaderPodConfig
 
 log = logging.getLogger("voicevault.operator")
+
+# how long the start waits for the first list of Secret names (the watch goes on after)
+SECRET_LIST_WAIT_S = 30.0
 
 
 def _env(name: str, default: str) -> str:
@@ -206,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
     from voicevault.operator import handlers
     from voicevault.operator.controller import Controller
     from voicevault.operator.kube import Kube, load_api_client
+    from voicevault.operator.secretwatch import SecretMetadataWatch
 
     config = config_from(args)
     registry = kopf.OperatorRegistry()
@@ -223,11 +228,25 @@ def run(args: argparse.Namespace) -> int:
         settings.queueing.worker_limit = 200
         settings.queueing.idle_timeout = 0.5
         settings.networking.request_timeout = 60
+        loop = asyncio.get_running_loop()
+
+        def secret_changed(namespace: str, name: str) -> None:  # in the watch's thread
+            loop.call_soon_threadsafe(controller.notice_secret, namespace, name)
+
+        secrets = SecretMetadataWatch(
+            kube.api_client, secret_changed, namespaces=tuple(args.namespace or ())
+        )
+        memo.secret_watch = secrets
+        secrets.start()
+        # names and versions only; the Secrets that credentials name are read after this
+        await asyncio.to_thread(secrets.synced.wait, SECRET_LIST_WAIT_S)
+        secrets.announce.set()
         await controller.start()
         log.info("operator started", extra={"uploader_namespace": config.pods.namespace})
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: Any, **_: Any) -> None:
+        memo.secret_watch.stop()
         await controller.stop()
 
     start_http_server(args.metrics_port, addr=args.bind_address)

@@ -236,6 +236,11 @@ class Controller:
                 if body is not None:
                     await self.on_credential(body)
 
+    def notice_secret(self, namespace: str, name: str) -> None:
+        """A Secret's metadata changed (the watch brings no body): re-read it if it is used."""
+        if self.uses_secret(namespace, name):
+            self._spawn(self.on_secret(namespace, name))
+
     def uses_secret(self, namespace: str, name: str) -> bool:
         return any(
             ns == namespace and view.secret_name == name

@@ -36,13 +36,6 @@ def register(registry: kopf.OperatorRegistry) -> None:
             return
         await controller.on_credential(body)
 
-    @kopf.on.event("", "v1", "secrets", registry=registry)
-    async def secret_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-        meta = event["object"].get("metadata", {})
-        controller = _controller(memo)
-        if controller.uses_secret(meta.get("namespace", ""), meta.get("name", "")):
-            await controller.on_secret(meta["namespace"], meta["name"])
-
     @kopf.on.event(API_GROUP, API_VERSION, voicestoragesetting.PLURAL, registry=registry)
     async def setting_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         body = plain(event["object"])

@@ -39,6 +39,10 @@ KUBE_REQUESTS = Counter(
     "Kubernetes API requests by verb and resource.",
     ["verb", "resource"],
 )
+SECRET_WATCH_BYTES = Counter(
+    "voicevault_secret_watch_bytes_total",
+    "Bytes of Secret metadata received by the list and watch (bodies are never watched).",
+)
 EVENT_FAILURES = Counter("voicevault_event_post_failures_total", "Events that could not be posted.")
 RECORDING_EVENTS_WAITING = Gauge(
     "voicevault_recording_events_waiting", "Recordings with a watch event not yet handled."

@@ -166,14 +166,19 @@ class ControlPlane:
         context.load_cert_chain(str(client.cert), str(client.key))
         return context
 
-    def _write_kubeconfig(self, path: Path, client: certs.CertPair, user: str = "admin") -> Path:
+    def _write_kubeconfig(
+        self, path: Path, client: certs.CertPair, user: str = "admin", server: str | None = None
+    ) -> Path:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
                 {
                     "name": "voicevault-test",
-                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_path)},
+                    "cluster": {
+                        "server": server or self.server,
+                        "certificate-authority": str(self.ca_path),
+                    },
                 }
             ],
             "users": [
@@ -191,12 +196,16 @@ class ControlPlane:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
-    def kubeconfig_for(self, user: str, groups: list[str]) -> Path:
-        """Kubeconfig authenticating as ``user`` in ``groups`` (no RBAC granted here)."""
+    def kubeconfig_for(self, user: str, groups: list[str], server: str | None = None) -> Path:
+        """Kubeconfig authenticating as ``user`` in ``groups`` (no RBAC granted here),
+        reaching the apiserver at ``server`` (a relay in front of it) if given."""
         digest = hashlib.sha256(repr((user, sorted(groups))).encode()).hexdigest()[:10]
         slug = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', user)[:40]}-{digest}"
         pair = certs.issue_client_cert(self.ca, self.workdir / "users", user, groups, slug)
-        return self._write_kubeconfig(self.workdir / "users" / f"{slug}.kubeconfig", pair, slug)
+        name = slug if server is None else f"{slug}-via-{server.rsplit(':', 1)[-1]}"
+        return self._write_kubeconfig(
+            self.workdir / "users" / f"{name}.kubeconfig", pair, slug, server
+        )
 
 
 def api_client(kubeconfig: Path) -> Any:

@@ -25,6 +25,7 @@ from tests.bed.controlplane import ControlPlane, api_client
 from tests.bed.kubelet import FakeKubelet
 from tests.bed.processes import ManagedProcess, free_port, wait_until
 from tests.bed.s3_common import S3Account, S3Server
+from tests.bed.tcpproxy import TcpProxy
 from tests.support.keys import KeyPair, key_pair
 from tests.support.kube import apply_crds, as_dict, kubectl, wait_for
 from voicevault import API_GROUP, API_VERSION
@@ -155,9 +156,14 @@ class Stack:
         self.api = api_client(control_plane.admin_kubeconfig)
         self.core = k8s.CoreV1Api(self.api)
         self.custom = k8s.CustomObjectsApi(self.api)
+        # the operator reaches the apiserver through a relay of its own: what crossed the
+        # wire to it alone can be counted, and it can be cut off alone
+        self.api_relay = TcpProxy(control_plane.port, port=free_port())
         self.operator = OperatorProcess(
             control_plane.kubeconfig_for(
-                OPERATOR_USER, ["system:serviceaccounts", "system:authenticated"]
+                OPERATOR_USER,
+                ["system:serviceaccounts", "system:authenticated"],
+                server=f"https://127.0.0.1:{self.api_relay.port}",
             ),
             workdir,
             operator_args,
@@ -172,11 +178,13 @@ class Stack:
         apply_crds(self.cp.admin_kubeconfig)
         self._install_rbac()
         self.kubelet.start()
+        self.api_relay.start()
         self.operator.start()
         return self
 
     def stop(self) -> None:
         self.operator.stop()
+        self.api_relay.stop()
         self.kubelet.stop()
         self.api.close()
 
