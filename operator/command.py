@@ -7,10 +7,12 @@ import asyncio
 import json
 import logging
 import os
+import socket
 from typing import Any
 
 from voicevault import logs
 from voicevault.operator.config import OperatorConfig, UploaderPodConfig
+from voicevault.operator.leaselock import LeaseTiming
 
 log = logging.getLogger("voicevault.operator")
 
@@ -154,6 +156,47 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=_env("RESYNC_INTERVAL", str(defaults.resync_interval)),
         help="seconds between looks at every recording, whatever the watch delivered",
     )
+    lease = parser.add_argument_group(
+        "leader election", "Only the replica holding the Lease reconciles; the others stand by."
+    )
+    timing = LeaseTiming()
+    lease.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=_env("LEADER_ELECT", "true").lower() in ("1", "true", "yes"),
+        help="take part in leader election (default: yes; off only for a single replica)",
+    )
+    lease.add_argument(
+        "--leader-election-namespace",
+        default=_env("LEADER_ELECTION_NAMESPACE", os.environ.get("POD_NAMESPACE", pods.namespace)),
+        help="namespace of the Lease (default: the operator's own)",
+    )
+    lease.add_argument(
+        "--leader-election-name", default=_env("LEADER_ELECTION_NAME", "voicevault-operator")
+    )
+    lease.add_argument(
+        "--leader-election-identity",
+        default=_env("LEADER_ELECTION_IDENTITY", os.environ.get("POD_NAME", socket.gethostname())),
+        help="this replica's name in the Lease; unique per replica (default: the pod name)",
+    )
+    lease.add_argument(
+        "--lease-duration",
+        type=float,
+        default=_env("LEASE_DURATION", str(timing.lease_duration)),
+        help="seconds a standby waits after the last renewal it saw before taking over",
+    )
+    lease.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=_env("RENEW_DEADLINE", str(timing.renew_deadline)),
+        help="seconds a leader keeps acting without a successful renewal, then exits",
+    )
+    lease.add_argument(
+        "--retry-period",
+        type=float,
+        default=_env("RETRY_PERIOD", str(timing.retry_period)),
+        help="seconds between attempts to take or renew the Lease",
+    )
     other.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", "8080"))
     other.add_argument("--health-port", type=int, default=_env("HEALTH_PORT", "8081"))
     other.add_argument("--bind-address", default=_env("BIND_ADDRESS", "0.0.0.0"))  # noqa: S104 - in a pod
@@ -165,6 +208,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     other.add_argument(
         "--log-format", default=_env("LOG_FORMAT", "json"), choices=["json", "plain"]
     )
+
+
+def lease_timing(args: argparse.Namespace) -> LeaseTiming:
+    timing = LeaseTiming(args.lease_duration, args.renew_deadline, args.retry_period)
+    if problems := timing.problems():
+        raise SystemExit(f"voicevault operator: leader election: {'; '.join(problems)}")
+    return timing
 
 
 def config_from(args: argparse.Namespace) -> OperatorConfig:
@@ -210,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
     from voicevault.operator import handlers
     from voicevault.operator.controller import Controller
     from voicevault.operator.kube import Kube, load_api_client
+    from voicevault.operator.leader import LeaderElector, exit_now
     from voicevault.operator.secretwatch import SecretMetadataWatch
 
     config = config_from(args)
@@ -217,6 +268,19 @@ def run(args: argparse.Namespace) -> int:
     handlers.register(registry)
     kube = Kube(load_api_client())
     controller = Controller(kube, config)
+    timing = lease_timing(args)
+    elector = (
+        LeaderElector(
+            Kube(kube.api_client, workers=2),  # renewals never queue behind reconcile calls
+            namespace=args.leader_election_namespace,
+            name=args.leader_election_name,
+            identity=args.leader_election_identity,
+            timing=timing,
+        )
+        if args.leader_elect
+        else None
+    )
+    leading, started = asyncio.Event(), asyncio.Event()
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
@@ -238,16 +302,32 @@ def run(args: argparse.Namespace) -> int:
         )
         memo.secret_watch = secrets
         secrets.start()
-        # names and versions only; the Secrets that credentials name are read after this
-        await asyncio.to_thread(secrets.synced.wait, SECRET_LIST_WAIT_S)
-        secrets.announce.set()
-        await controller.start()
-        log.info("operator started", extra={"uploader_namespace": config.pods.namespace})
+
+        async def lead() -> None:
+            # handlers act from now on, each once the controller has read everything afresh
+            leading.set()
+            # names and versions only; the Secrets that credentials name are read after this
+            await asyncio.to_thread(secrets.synced.wait, SECRET_LIST_WAIT_S)
+            secrets.announce.set()
+            await controller.start()
+            started.set()
+            # every recording, new ones included: those events went by unhandled
+            await controller.resync_all()
+            log.info("operator started", extra={"uploader_namespace": config.pods.namespace})
+
+        if elector is None:
+            await lead()
+        else:  # kopf's watches start now, warm on a standby; the elector calls lead()
+            memo.election = asyncio.create_task(elector.run(lead, exit_now), name="election")
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: Any, **_: Any) -> None:
         memo.secret_watch.stop()
-        await controller.stop()
+        if started.is_set():
+            await controller.stop()
+        if elector is not None:
+            memo.election.cancel()
+            await elector.release()
 
     start_http_server(args.metrics_port, addr=args.bind_address)
     try:
@@ -257,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
             clusterwide=not args.namespace,
             namespaces=args.namespace or [],
             liveness_endpoint=f"http://{args.bind_address}:{args.health_port}/healthz",
-            memo=kopf.Memo(controller=controller),
+            memo=kopf.Memo(controller=controller, leading=leading, started=started),
         )
     finally:
         kube.close()

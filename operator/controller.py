@@ -424,7 +424,12 @@ class Controller:
             except Exception:
                 log.exception("resync: cannot list recordings")
 
-    async def _resync_once(self) -> None:
+    async def resync_all(self) -> None:
+        """Every recording that has something to decide, new ones included: on start, when
+        the watch's events so far went by unhandled (a standby's, or during the start)."""
+        await self._resync_once(everything=True)
+
+    async def _resync_once(self, *, everything: bool = False) -> None:
         """One pass, a page of recordings at a time, so memory stays bounded by a page."""
         async for page in self.kube.list_pages(recording.PLURAL):
             # a recording that never had a phase and is younger than one interval is
@@ -432,7 +437,7 @@ class Controller:
             now = self.clock()
             cutoff = now - timedelta(seconds=self.config.resync_interval)
             for body in page:
-                if not (body.get("status") or {}).get("phase"):
+                if not everything and not (body.get("status") or {}).get("phase"):
                     created = parse_time(body["metadata"].get("creationTimestamp"))
                     if created is not None and created > cutoff:
                         continue

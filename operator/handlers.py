@@ -1,5 +1,8 @@
 """kopf handlers: thin. Each forwards a watch event to the Controller in `memo`.
 
+Only the leader acts (`operator/leader.py`). A standby's watches run, warm, and its
+handlers drop what they see: on taking the Lease, the controller reads everything afresh.
+
 Level-based `on.event` handlers are used instead of kopf's change-detection handlers, so
 kopf writes nothing into our objects (no annotations, no finalizers of its own): the
 operator's only writes are the ones the rules decide, which keeps GitOps diffs clean and
@@ -23,13 +26,29 @@ def _controller(memo: Any) -> Controller:
     return controller
 
 
+async def _acting(memo: Any, *, wait: bool = True) -> Controller | None:
+    """The controller once this replica leads and has started it; None on a standby.
+
+    A credential or setting event that arrives while the controller starts waits for it,
+    so it is applied after the start's own reads, never before. A Recording event then is
+    dropped instead (`wait=False`): a backlog would pile up bodies inside kopf, and the
+    start lists every recording once it is done.
+    """
+    if not memo.leading.is_set() or (not wait and not memo.started.is_set()):
+        return None
+    await memo.started.wait()
+    return _controller(memo)
+
+
 def register(registry: kopf.OperatorRegistry) -> None:
     """Register every handler on `registry` (the operator builds a fresh one)."""
 
     @kopf.on.event(API_GROUP, API_VERSION, awscredential.PLURAL, registry=registry)
     async def credential_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+        controller = await _acting(memo)
+        if controller is None:
+            return
         body = plain(event["object"])
-        controller = _controller(memo)
         if event.get("type") == "DELETED":
             meta = body["metadata"]
             controller.forget_credential(meta["namespace"], meta["name"])
@@ -38,8 +57,10 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.event(API_GROUP, API_VERSION, voicestoragesetting.PLURAL, registry=registry)
     async def setting_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+        controller = await _acting(memo)
+        if controller is None:
+            return
         body = plain(event["object"])
-        controller = _controller(memo)
         if event.get("type") == "DELETED":
             meta = body["metadata"]
             controller.forget_setting(meta["namespace"], meta["name"])
@@ -50,8 +71,10 @@ def register(registry: kopf.OperatorRegistry) -> None:
     async def recording_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         # handed over, not handled here: kopf's per-object worker ends at once and no
         # burst of recordings piles up full event bodies inside kopf
-        deleted = event.get("type") == "DELETED"
-        _controller(memo).submit_recording(slim(event["object"]), deleted=deleted)
+        controller = await _acting(memo, wait=False)
+        if controller is not None:
+            deleted = event.get("type") == "DELETED"
+            controller.submit_recording(slim(event["object"]), deleted=deleted)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

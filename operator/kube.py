@@ -46,6 +46,7 @@ class Kube:
         self.api_client = api_client
         self.custom = k8s.CustomObjectsApi(api_client)
         self.core = k8s.CoreV1Api(api_client)
+        self.coordination = k8s.CoordinationV1Api(api_client)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
 
     def close(self) -> None:
@@ -58,6 +59,15 @@ class Kube:
         metrics.KUBE_REQUESTS.labels(verb=verb, resource=resource).inc()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    async def _get_or_none(self, resource: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """A counted GET; None when the object does not exist."""
+        try:
+            return await self._call("get", resource, fn, *args)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     # -- custom resources ------------------------------------------------------------------
 
@@ -195,17 +205,33 @@ class Kube:
         """Every object of a kind, read in pages (for kinds with few objects)."""
         return [item async for page in self.list_pages(plural, page_size) for item in page]
 
+    # -- leases ----------------------------------------------------------------------------------
+
+    async def get_lease(self, namespace: str, name: str) -> k8s.V1Lease | None:
+        lease: k8s.V1Lease | None = await self._get_or_none(
+            "leases", self.coordination.read_namespaced_lease, name, namespace
+        )
+        return lease
+
+    async def create_lease(self, namespace: str, body: dict[str, Any]) -> k8s.V1Lease:
+        lease: k8s.V1Lease = await self._call(
+            "create", "leases", self.coordination.create_namespaced_lease, namespace, body
+        )
+        return lease
+
+    async def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> k8s.V1Lease:
+        """Write the whole Lease, guarded by the resourceVersion in `body` (409 if stale)."""
+        lease: k8s.V1Lease = await self._call(
+            "update", "leases", self.coordination.replace_namespaced_lease, name, namespace, body
+        )
+        return lease
+
     # -- core ------------------------------------------------------------------------------------
 
     async def read_secret(self, namespace: str, name: str) -> k8s.V1Secret | None:
-        try:
-            secret: k8s.V1Secret = await self._call(
-                "get", "secrets", self.core.read_namespaced_secret, name, namespace
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        secret: k8s.V1Secret | None = await self._get_or_none(
+            "secrets", self.core.read_namespaced_secret, name, namespace
+        )
         return secret
 
     async def secret_data(self, namespace: str, name: str) -> tuple[str, dict[str, bytes]] | None:

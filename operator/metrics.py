@@ -43,6 +43,10 @@ SECRET_WATCH_BYTES = Counter(
     "voicevault_secret_watch_bytes_total",
     "Bytes of Secret metadata received by the list and watch (bodies are never watched).",
 )
+LEADER = Gauge("voicevault_leader", "1 while this replica holds the leader Lease, else 0.")
+LEADER_TRANSITIONS = Counter(
+    "voicevault_leader_transitions_total", "Times this replica took the leader Lease."
+)
 EVENT_FAILURES = Counter("voicevault_event_post_failures_total", "Events that could not be posted.")
 RECORDING_EVENTS_WAITING = Gauge(
     "voicevault_recording_events_waiting", "Recordings with a watch event not yet handled."

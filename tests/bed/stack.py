@@ -54,10 +54,17 @@ class OperatorProcess:
     """`voicevault operator` as a real process with its own identity and ports."""
 
     def __init__(
-        self, kubeconfig: Path, workdir: Path, extra_args: list[str] | None = None
+        self,
+        kubeconfig: Path,
+        workdir: Path,
+        extra_args: list[str] | None = None,
+        identity: str = "operator-0",
+        relay: TcpProxy | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.workdir = workdir
+        self.identity = identity  # in the leader Lease; stable across restarts, as a pod's
+        self.relay = relay
         self.extra_args = list(extra_args or [])
         self.metrics_port = free_port()
         self.health_port = free_port()
@@ -66,7 +73,7 @@ class OperatorProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / "operator.log"
+        return self.workdir / f"{self.identity}.log"
 
     def argv(self) -> list[str]:
         return [
@@ -100,6 +107,10 @@ class OperatorProcess:
             "127.0.0.1",
             "--log-format",
             "json",
+            "--leader-election-namespace",
+            SYSTEM_NAMESPACE,
+            "--leader-election-identity",
+            self.identity,
             *self.extra_args,
         ]
 
@@ -156,18 +167,10 @@ class Stack:
         self.api = api_client(control_plane.admin_kubeconfig)
         self.core = k8s.CoreV1Api(self.api)
         self.custom = k8s.CustomObjectsApi(self.api)
-        # the operator reaches the apiserver through a relay of its own: what crossed the
-        # wire to it alone can be counted, and it can be cut off alone
+        self.operator_args = operator_args
         self.api_relay = TcpProxy(control_plane.port, port=free_port())
-        self.operator = OperatorProcess(
-            control_plane.kubeconfig_for(
-                OPERATOR_USER,
-                ["system:serviceaccounts", "system:authenticated"],
-                server=f"https://127.0.0.1:{self.api_relay.port}",
-            ),
-            workdir,
-            operator_args,
-        )
+        self.operator = self._operator_process("operator-0", self.api_relay)
+        self.standbys: list[tuple[OperatorProcess, TcpProxy]] = []
         self.kubelet = FakeKubelet(control_plane.admin_kubeconfig, workdir / "kubelet", list(nodes))
         # every secret value this stack handed out, for the leak scans
         self.secrets: set[str] = set()
@@ -182,7 +185,32 @@ class Stack:
         self.operator.start()
         return self
 
+    def _operator_process(self, identity: str, relay: TcpProxy) -> OperatorProcess:
+        # each operator reaches the apiserver through a relay of its own: what crossed the
+        # wire to it alone can be counted, and it can be cut off alone
+        kubeconfig = self.cp.kubeconfig_for(
+            OPERATOR_USER,
+            ["system:serviceaccounts", "system:authenticated"],
+            server=f"https://127.0.0.1:{relay.port}",
+        )
+        return OperatorProcess(kubeconfig, self.workdir, self.operator_args, identity, relay)
+
+    def add_standby(self) -> OperatorProcess:
+        """Start another replica of the operator: it stands by until it holds the Lease."""
+        relay = TcpProxy(self.cp.port, port=free_port()).start()
+        standby = self._operator_process(f"operator-{len(self.standbys) + 1}", relay)
+        standby.start()
+        self.standbys.append((standby, relay))
+        return standby
+
+    def drop_standbys(self) -> None:
+        for standby, relay in self.standbys:
+            standby.stop()
+            relay.stop()
+        self.standbys.clear()
+
     def stop(self) -> None:
+        self.drop_standbys()
         self.operator.stop()
         self.api_relay.stop()
         self.kubelet.stop()

@@ -42,7 +42,10 @@ pytestmark = [pytest.mark.helm, pytest.mark.kube]
 CRDS = [
     f"{plural}.{API_GROUP}" for plural in ("awscredentials", "voicestoragesettings", "recordings")
 ]
-NAMESPACED_KINDS = "serviceaccounts,services,deployments,roles,rolebindings,secrets,configmaps,pods"
+NAMESPACED_KINDS = (
+    "serviceaccounts,services,deployments,roles,rolebindings,secrets,configmaps,pods,"
+    "poddisruptionbudgets"
+)
 CLUSTER_KINDS = "clusterroles,clusterrolebindings,namespaces"
 
 
@@ -144,7 +147,10 @@ def test_install_creates_the_release_objects(kubeconfig: Path, release: Release)
             f"clusterrolebinding.rbac.authorization.k8s.io/{full}-uploader",
             f"deployment.apps/{full}",
             f"namespace/{release.uploader_namespace}",
+            f"poddisruptionbudget.policy/{full}",
+            f"role.rbac.authorization.k8s.io/{full}-operator-leader",
             f"role.rbac.authorization.k8s.io/{full}-operator-uploads",
+            f"rolebinding.rbac.authorization.k8s.io/{full}-operator-leader",
             f"rolebinding.rbac.authorization.k8s.io/{full}-operator-uploads",
             f"service/{full}",
             f"serviceaccount/{full}-operator",
@@ -424,6 +430,9 @@ def test_helm_test_check_passes_against_the_operator(
             release.uploader_namespace,
             "--uploader-service-account",
             f"{release.fullname}-uploader",
+            # the chart grants the leader Lease in the release namespace only
+            "--leader-election-namespace",
+            release.namespace,
         ],
     )
     operator.start()

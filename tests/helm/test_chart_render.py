@@ -19,7 +19,8 @@ from tests.helm.chart import (
     find,
     kinds,
 )
-from voicevault.operator.command import config_from, configure
+from voicevault.operator.command import config_from, configure, lease_timing
+from voicevault.operator.leaselock import LeaseTiming
 
 pytestmark = pytest.mark.helm
 
@@ -48,6 +49,11 @@ NON_DEFAULT = [
     "operator.validationInterval=600",
     "operator.watchNamespaces={acme-recordings,globex-recordings}",
     "operator.extraArgs={--poll-interval=5}",
+    "operator.replicas=3",
+    "operator.leaderElection.leaseName=vv-leader",
+    "operator.leaderElection.leaseDurationSeconds=20",
+    "operator.leaderElection.renewDeadlineSeconds=15",
+    "operator.leaderElection.retryPeriodSeconds=4",
     "image.repository=registry.example/vv",
     "image.tag=1.2.3",
     "image.pullPolicy=Always",
@@ -60,7 +66,8 @@ NON_DEFAULT = [
 DEFAULT_KINDS = sorted(
     ["ServiceAccount"] * 2
     + ["ClusterRole", "ClusterRoleBinding"] * 2
-    + ["Role", "RoleBinding", "Service", "Deployment"]
+    + ["Role", "RoleBinding"] * 2  # the uploads Role and the leader Lease Role
+    + ["Service", "Deployment", "PodDisruptionBudget"]
 )
 
 
@@ -87,9 +94,18 @@ def test_default_values_render_the_operator(helm_cli: Helm) -> None:
     assert kinds(docs) == DEFAULT_KINDS  # no Namespace, no ServiceMonitor by default
     deploy = find(docs, "Deployment", "voicevault")
     spec = deploy["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # two replicas, one leader: rolling updates hand the Lease over, a drain keeps one
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pdb = find(docs, "PodDisruptionBudget", "voicevault")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": spec["selector"]}
     pod = spec["template"]["spec"]
+    (anti,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti["podAffinityTerm"]["labelSelector"] == spec["selector"]
     (container,) = pod["containers"]
     assert container["image"] == f"ghcr.io/voicevault/voicevault:{APP_VERSION}"
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
@@ -112,6 +128,11 @@ def test_default_values_render_the_operator(helm_cli: Helm) -> None:
     assert (config.pods.node_selector, config.pods.tolerations) == ((), ())
     assert (args.metrics_port, args.health_port) == (8080, 8081)
     assert (args.log_level, args.log_format, args.namespace) == ("info", "json", None)
+    assert args.leader_elect is True
+    assert args.leader_election_name == "voicevault-operator"
+    assert lease_timing(args) == LeaseTiming(10, 7, 2)
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"][:2]}
+    assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
 
     # the service accounts the Deployment and the flags name are the ones RBAC binds
     assert pod["serviceAccountName"] == "voicevault-operator"
@@ -124,9 +145,21 @@ def test_default_values_render_the_operator(helm_cli: Helm) -> None:
         "voicevault-operator": "voicevault-operator",
         "voicevault-uploader": "voicevault-uploader",
         "voicevault-operator-uploads": "voicevault-operator",
+        "voicevault-operator-leader": "voicevault-operator",
     }
     role = find(docs, "Role", "voicevault-operator-uploads")
     assert role["metadata"]["namespace"] == RELEASE_NS
+    leader = find(docs, "Role", "voicevault-operator-leader")
+    assert leader["metadata"]["namespace"] == RELEASE_NS  # where the operator's Lease is
+    assert leader["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["voicevault-operator"],
+            "verbs": ["get", "update"],
+        },
+    ]
 
     service = find(docs, "Service", "voicevault")
     assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
@@ -194,6 +227,11 @@ def test_non_default_values_render(helm_cli: Helm) -> None:
     assert args.namespace == ["acme-recordings", "globex-recordings"]
     assert (args.log_level, args.log_format) == ("debug", "plain")
     assert (args.metrics_port, args.health_port) == (9100, 9101)
+    assert deploy["spec"]["replicas"] == 3
+    assert args.leader_election_name == "vv-leader"
+    assert lease_timing(args) == LeaseTiming(20, 15, 4)
+    leader = find(docs, "Role", "voicevault-operator-leader")
+    assert leader["rules"][1]["resourceNames"] == ["vv-leader"]
 
     monitor = find(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -219,8 +257,21 @@ def test_rbac_files_render_alone(helm_cli: Helm) -> None:
         ]
     )
     assert kinds(docs) == sorted(
-        ["ServiceAccount"] * 2 + ["ClusterRole", "ClusterRoleBinding"] * 2 + ["Role", "RoleBinding"]
+        ["ServiceAccount"] * 2
+        + ["ClusterRole", "ClusterRoleBinding"] * 2
+        + ["Role", "RoleBinding"] * 2
     )
+
+
+def test_without_leader_election_one_replica_is_replaced_with_recreate(helm_cli: Helm) -> None:
+    docs = helm_cli.render(sets=["operator.leaderElection.enabled=false"], extra=["--skip-tests"])
+    assert "PodDisruptionBudget" not in kinds(docs)
+    assert all(d["metadata"]["name"] != "voicevault-operator-leader" for d in docs)
+    deploy = find(docs, "Deployment", "voicevault")
+    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in deploy["spec"]["template"]["spec"]
+    assert operator_args(deploy).leader_elect is False
 
 
 def test_release_name_without_voicevault_is_prefixed(helm_cli: Helm) -> None:
