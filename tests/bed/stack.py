@@ -12,9 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from tests.bed.tcpproxy import TcpProxy
 from tests.support.keys import KeyPair, key_pair
 from tests.support.kube import apply_crds, as_dict, kubectl, wait_for
 from voicevault import API_GROUP, API_VERSION
+from voicevault.operator.leader import LOST_LEASE_EXIT
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_NAMESPACE = "voicevault-system"
@@ -65,6 +69,9 @@ class OperatorProcess:
         self.workdir = workdir
         self.identity = identity  # in the leader Lease; stable across restarts, as a pod's
         self.relay = relay
+        self.lease_losses: list[datetime] = []  # when it exited on a lost Lease
+        self._stopped = False
+        self._supervisor: threading.Thread | None = None
         self.extra_args = list(extra_args or [])
         self.metrics_port = free_port()
         self.health_port = free_port()
@@ -115,11 +122,32 @@ class OperatorProcess:
         ]
 
     def start(self) -> None:
+        self._stopped = False
+        self._launch()
+        assert self.process is not None
+        wait_until(self._healthy, timeout=60, what="operator /healthz", process=self.process)
+        if self._supervisor is None:
+            self._supervisor = threading.Thread(
+                target=self._supervise, name=f"supervise-{self.identity}", daemon=True
+            )
+            self._supervisor.start()
+
+    def _launch(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
         env.setdefault("MALLOC_ARENA_MAX", "2")  # as the image sets it (Dockerfile)
         self.process = ManagedProcess(self.argv(), self.log_path, env=env, cwd=self.workdir)
         self.starts += 1
-        wait_until(self._healthy, timeout=60, what="operator /healthz", process=self.process)
+
+    def _supervise(self) -> None:
+        """Start the operator again when it exits because it lost the leader Lease, as the
+        kubelet restarts a pod's container. Any other exit (a crash, a kill, a stop) is
+        left for the test to see."""
+        while True:
+            time.sleep(0.2)
+            process = self.process
+            if process is not None and not self._stopped and process.returncode == LOST_LEASE_EXIT:
+                self.lease_losses.append(datetime.now(UTC))
+                self._launch()
 
     def _healthy(self) -> bool:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
@@ -130,6 +158,7 @@ class OperatorProcess:
         return self.process is not None and self.process.alive
 
     def stop(self) -> None:
+        self._stopped = True
         if self.process is not None:
             self.process.stop(15)
 
