@@ -23,6 +23,11 @@ CRD_DIR = Path(__file__).resolve().parent
 CHART_CRD_DIR = CRD_DIR.parent / "charts" / "voicevault" / "crds"
 
 
+API_VERSION_DESCRIPTION = f"{API_GROUP}/{API_VERSION}: the API group and version of this schema."
+KIND_DESCRIPTION = "The resource kind, as named in this CRD."
+METADATA_DESCRIPTION = "Standard Kubernetes object metadata: name, namespace, labels, annotations."
+
+
 def _ready(type_: str) -> str:
     return f'.status.conditions[?(@.type=="{type_}")].status'
 
@@ -136,9 +141,9 @@ def crd(kind: Kind) -> dict[str, Any]:
         "description": kind.description,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "apiVersion": {"type": "string", "description": API_VERSION_DESCRIPTION},
+            "kind": {"type": "string", "description": KIND_DESCRIPTION},
+            "metadata": {"type": "object", "description": METADATA_DESCRIPTION},
             "spec": spec_schema,
             "status": structural_schema(kind.status, keep_defaults=False),
         },

@@ -39,14 +39,26 @@ class KubeModel(BaseModel):
 class Condition(KubeModel):
     """A condition in the style of Kubernetes API conventions and cert-manager."""
 
-    type: str = Field(min_length=1, max_length=316, pattern=r"^[A-Za-z][A-Za-z0-9]*$")
-    status: ConditionStatus
-    reason: str = Field(
-        min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+    type: str = Field(
+        min_length=1,
+        max_length=316,
+        pattern=r"^[A-Za-z][A-Za-z0-9]*$",
+        description="What the condition is about, in CamelCase (Ready, Validated, Stored...).",
     )
-    message: str = Field(default="", max_length=32768)
-    last_transition_time: datetime
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="Why the status is what it is, as one CamelCase word (for tools and alerts).",
+    )
+    message: str = Field(
+        default="", max_length=32768, description="The same, in a sentence for people."
+    )
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="metadata.generation of the resource when this was decided."
+    )
 
 
 def conditions_field(description: str) -> Any:

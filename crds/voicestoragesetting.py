@@ -189,18 +189,26 @@ class VoiceStorageSettingSpec(KubeModel):
 class ParsedBucket(KubeModel):
     """The bucket URL as the operator understood it."""
 
-    bucket: str
-    region: str
+    bucket: str = Field(description="Bucket name.")
+    region: str = Field(description="Region requests are signed for.")
     prefix: str = Field(description="Key path inside the bucket ('' for the root).")
-    style: Literal["virtual", "path"]
-    endpoint_url: str | None = None
+    style: Literal["virtual", "path"] = Field(
+        description="virtual: BUCKET.host/key; path: host/BUCKET/key (as the URL was written)."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="The S3 endpoint used instead of AWS, when one is set."
+    )
 
 
 class VoiceStorageSettingStatus(KubeModel):
     """Parsed bucket, resolved credential and key, and validation against the bucket."""
 
     parsed: ParsedBucket | None = None
-    credential_sid: str | None = Field(default=None, pattern=CREDENTIAL_SID)
+    credential_sid: str | None = Field(
+        default=None,
+        pattern=CREDENTIAL_SID,
+        description="SID of the AwsCredential named by spec.externalStorage.credentialRef.",
+    )
     public_key_sid: str | None = Field(
         default=None,
         pattern=CREDENTIAL_SID,
@@ -212,7 +220,9 @@ class VoiceStorageSettingStatus(KubeModel):
     validated_generation: Annotated[int, Field(ge=0)] | None = Field(
         default=None, description="metadata.generation that lastValidationTime refers to."
     )
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    observed_generation: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="metadata.generation the operator last acted on."
+    )
     conditions: list[Condition] = conditions_field(
         "Ready: settings are complete and consistent. Validated: the bucket accepts uploads."
     )
