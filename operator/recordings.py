@@ -28,7 +28,7 @@ from voicevault.operator.retrypolicy import RetryPolicy, next_retry
 from voicevault.operator.settings import SettingView
 from voicevault.operator.sids import recording_sid
 from voicevault.operator.snapshot import SnapshotError, take_snapshot
-from voicevault.uploader.errors import ErrorCode
+from voicevault.uploader.errors import ErrorCode, failed_summary
 
 EventType = Literal["Normal", "Warning"]
 
@@ -350,7 +350,8 @@ def fatal_failure(
         "firstFailureTime": status.get("firstFailureTime") or iso(now),
         "lastFailureTime": iso(now),
         "nextRetryTime": None,
-        "message": f"Fatal error {code}; local media deleted, no retries",
+        # the uploader pod dealt with the media; this writer cannot tell what it found
+        "message": failed_summary(code, media_deleted=None),
     }
     return patch, Event("Warning", "Failed", f"fatal error {code}: {message}")
 

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from voicevault import API_GROUP, API_VERSION
 from voicevault.crds.recording import PLURAL, Phase
 from voicevault.uploader.batchspec import BatchItem
-from voicevault.uploader.errors import UploadError
+from voicevault.uploader.errors import UploadError, failed_summary
 from voicevault.uploader.transfer import UploadResult
 
 log = logging.getLogger("voicevault.uploader.status")
@@ -34,7 +34,7 @@ class StatusReporter(Protocol):
 
     def completed(self, item: BatchItem, result: UploadResult) -> bool: ...
 
-    def failed(self, item: BatchItem, error: UploadError) -> bool: ...
+    def failed(self, item: BatchItem, error: UploadError, media_deleted: bool) -> bool: ...
 
 
 def now_iso() -> str:
@@ -59,10 +59,12 @@ def completed_patch(result: UploadResult, status: dict[str, Any], at: str) -> di
     }
 
 
-def failed_patch(error: UploadError, status: dict[str, Any], at: str) -> dict[str, Any]:
+def failed_patch(
+    error: UploadError, status: dict[str, Any], at: str, *, media_deleted: bool
+) -> dict[str, Any]:
     return {
         "phase": Phase.FAILED.value,
-        "message": f"Fatal error {int(error.code)}; local media deleted, no retries",
+        "message": failed_summary(int(error.code), media_deleted=media_deleted),
         "errorCode": int(error.code),
         "errorClass": error.error_class.value,
         "errorMessage": error.message[:1024],
@@ -102,8 +104,10 @@ class KubeStatusReporter:
     def completed(self, item: BatchItem, result: UploadResult) -> bool:
         return self._write(item, lambda s: completed_patch(result, s, now_iso()))
 
-    def failed(self, item: BatchItem, error: UploadError) -> bool:
-        return self._write(item, lambda s: failed_patch(error, s, now_iso()))
+    def failed(self, item: BatchItem, error: UploadError, media_deleted: bool) -> bool:
+        return self._write(
+            item, lambda s: failed_patch(error, s, now_iso(), media_deleted=media_deleted)
+        )
 
     def _write(self, item: BatchItem, mutate: Mutation, *, retry: bool = True) -> bool:
         """Apply `mutate` to the status; False if not ours any more or the API stayed away."""
