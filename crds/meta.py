@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -59,6 +60,30 @@ class Condition(KubeModel):
     observed_generation: Annotated[int, Field(ge=0)] | None = Field(
         default=None, description="metadata.generation of the resource when this was decided."
     )
+
+
+def cel_rule(
+    rule: str,
+    message: str,
+    *,
+    shows: str | None = None,
+    limit: int = 80,
+    field_path: str | None = None,
+) -> dict[str, Any]:
+    """An x-kubernetes-validations rule whose message quotes the value the user wrote.
+
+    The apiserver prints a failed rule as `Invalid value: "string": <message>`: the type,
+    not the value. `shows` (a CEL expression, usually `self`) puts the value, cut to
+    `limit` characters, into the message; `message` stays the fallback. `field_path`
+    (".child") names the field at fault when the rule sits on its parent.
+    """
+    out: dict[str, Any] = {"rule": rule, "message": message}
+    if shows is not None:
+        cut = f"({shows}.size() > {limit} ? {shows}.substring(0, {limit}) + '...' : {shows})"
+        out["messageExpression"] = f'{json.dumps(message + ", got ")} + "\'" + {cut} + "\'"'
+    if field_path is not None:
+        out["fieldPath"] = field_path
+    return out
 
 
 def conditions_field(description: str) -> Any:

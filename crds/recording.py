@@ -9,7 +9,13 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field
 
 from voicevault.crds.awscredential import CREDENTIAL_SID
-from voicevault.crds.meta import DNS_SUBDOMAIN, Condition, KubeModel, conditions_field
+from voicevault.crds.meta import (
+    DNS_SUBDOMAIN,
+    Condition,
+    KubeModel,
+    cel_rule,
+    conditions_field,
+)
 
 KIND = "Recording"
 PLURAL = "recordings"
@@ -27,6 +33,21 @@ class Phase(StrEnum):
     CACHED = "Cached"  # retry window over; media kept on its node until a manual retry
     FAILED = "Failed"  # fatal error (status.errorCode); local media deleted
     LOCAL = "Local"  # external storage was off for the namespace; media stays with the platform
+
+
+class Reason(StrEnum):
+    """Why a recording is in its phase: status.reason, the REASON column. None when obvious."""
+
+    QUEUED = "Queued"  # Pending: waiting for an uploader pod on its node
+    REQUEUED = "Requeued"  # Pending: its uploader pod stopped before getting to it
+    MANUAL_RETRY = "ManualRetry"  # Pending: a person asked for another try
+    SETTING_NOT_READY = "SettingNotReady"  # Pending or Cached: the namespace's setting is not
+    TRANSIENT_ERROR = "TransientError"  # Retrying: errorCode and errorMessage say which
+    RETRY_WINDOW_OVER = "RetryWindowOver"  # Cached: retried for the whole window
+    FATAL_ERROR = "FatalError"  # Failed: errorCode and errorMessage say which
+    INVALID_SPEC = "InvalidSpec"  # Failed: the spec could not be read
+    EXTERNAL_STORAGE_OFF = "ExternalStorageOff"  # Local: the setting turned storage off
+    NO_SETTING = "NoSetting"  # Local: the namespace had no VoiceStorageSetting
 
 
 TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.LOCAL})
@@ -111,11 +132,12 @@ class RecordingSpec(KubeModel):
         ),
         json_schema_extra={
             "x-kubernetes-validations": [
-                {
-                    "rule": "!self.startsWith('/') && !self.split('/').exists(s, "
+                cel_rule(
+                    "!self.startsWith('/') && !self.split('/').exists(s, "
                     "s == '' || s == '.' || s == '..')",
-                    "message": "mediaPath must be relative, without empty, '.' or '..' segments",
-                }
+                    "mediaPath must be relative, without empty, '.' or '..' segments",
+                    shows="self",
+                )
             ]
         },
     )
@@ -200,6 +222,16 @@ class RecordingStatus(KubeModel):
         description=(
             "Pending, Scheduled, Uploading, Retrying, Completed, Cached, Failed or Local "
             "(see the README's lifecycle)."
+        ),
+    )
+    # a string, not an enum: a newer operator's reason must never make a status write fail
+    reason: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z][A-Za-z0-9]*$",
+        description=(
+            "Why the recording is in its phase, in one word (the REASON column); absent when "
+            "the phase says it all. message has the details."
         ),
     )
     message: str | None = Field(default=None, max_length=1024, description="Why, for people.")

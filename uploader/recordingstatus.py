@@ -19,7 +19,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from voicevault import API_GROUP, API_VERSION
-from voicevault.crds.recording import PLURAL, Phase
+from voicevault.crds.recording import PLURAL, Phase, Reason
 from voicevault.uploader.batchspec import BatchItem
 from voicevault.uploader.errors import UploadError, failed_summary
 from voicevault.uploader.transfer import UploadResult
@@ -46,6 +46,7 @@ def completed_patch(result: UploadResult, status: dict[str, Any], at: str) -> di
     upload.update({"bytesSent": result.size, "bytesTotal": result.size})
     return {
         "phase": Phase.COMPLETED.value,
+        "reason": None,
         "message": "Stored in the bucket; local media deleted",
         "mediaUrl": result.media_url,
         "size": result.source_size,
@@ -64,6 +65,7 @@ def failed_patch(
 ) -> dict[str, Any]:
     return {
         "phase": Phase.FAILED.value,
+        "reason": Reason.FATAL_ERROR.value,
         "message": failed_summary(int(error.code), media_deleted=media_deleted),
         "errorCode": int(error.code),
         "errorClass": error.error_class.value,
@@ -78,7 +80,7 @@ def progress_patch(sent: int, total: int, status: dict[str, Any], at: str) -> di
     upload = dict(status.get("upload") or {})
     upload.setdefault("startedAt", at)
     upload.update({"bytesSent": sent, "bytesTotal": total})
-    return {"phase": Phase.UPLOADING.value, "upload": upload}
+    return {"phase": Phase.UPLOADING.value, "reason": None, "upload": upload}
 
 
 class KubeStatusReporter:

@@ -89,7 +89,8 @@ def test_every_field_has_a_description_for_kubectl_explain() -> None:
     for kind in generate.KINDS:
         schema = generate.crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         assert schema.get("description"), kind.kind
-        missing.extend(_undocumented(schema, kind.kind))
+        # metadata is ObjectMeta: the apiserver refuses a description there and serves its own
+        missing.extend(m for m in _undocumented(schema, kind.kind) if m != f"{kind.kind}.metadata")
     assert missing == [], f"fields without a description (kubectl explain shows none): {missing}"
 
 
