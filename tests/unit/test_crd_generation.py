@@ -85,7 +85,7 @@ def _undocumented(node: dict[str, Any], path: str) -> list[str]:
 
 
 def test_every_field_has_a_description_for_kubectl_explain() -> None:
-    missing = []
+    missing: list[str] = []
     for kind in generate.KINDS:
         schema = generate.crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         assert schema.get("description"), kind.kind
