@@ -198,11 +198,12 @@ def try_it(stack: Stack, s3: MotoS3, account: Account, workdir: Path) -> list[st
     key_id, secret = s3.admin_credentials
     endpoint, bucket = s3.endpoint_url, account.s3.bucket
     listing = (
-        "import boto3; s3 = boto3.client('s3', endpoint_url=E, region_name='us-east-1', "
-        "aws_access_key_id=K, aws_secret_access_key=S); "
-        "[print(o['Key'], o['Size']) for o in s3.list_objects_v2(Bucket=B).get('Contents', [])]"
+        f'import boto3; s3 = boto3.client("s3", endpoint_url="{endpoint}", '
+        f'aws_access_key_id="{key_id}", aws_secret_access_key="{secret}", '
+        'region_name="us-east-1"); '
+        f'[print(o["Key"], o["Size"]) for o in s3.list_objects_v2(Bucket="{bucket}")'
+        '.get("Contents", [])]'
     )
-    assignments = f"E={endpoint!r}; K={key_id!r}; S={secret!r}; B={bucket!r}; "
     q = shlex.quote
     return [
         f"export KUBECONFIG={q(str(stack.cp.admin_kubeconfig))}",
@@ -217,7 +218,7 @@ def try_it(stack: Stack, s3: MotoS3, account: Account, workdir: Path) -> list[st
         "--for=jsonpath='{.status.phase}'=Completed --timeout=120s",
         f"kubectl -n {NAMESPACE} get recordings -o wide",
         "# what landed in the bucket, with the local S3's admin keys (local only, throwaway):",
-        f"{q(sys.executable)} -c {q(assignments + listing)}",
+        f"{q(sys.executable)} -c {q(listing)}",
         f"# or: AWS_ACCESS_KEY_ID={key_id} AWS_SECRET_ACCESS_KEY={secret} "
         f"aws --endpoint-url {endpoint} s3 ls --recursive s3://{bucket}/",
     ]
@@ -239,7 +240,7 @@ def up(workdir: Path) -> int:
 
 
 def _interrupted(signum: int, _frame: FrameType | None) -> None:
-    """SIGTERM as Ctrl-C: unwind, so the stack stops and the temporary folder goes."""
+    """SIGINT and SIGTERM: unwind, so the stack stops and the temporary folder goes."""
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -253,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep state here (default: a temp dir)")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # SIGINT too: a shell starts background jobs with it ignored, and Ctrl-C must still work
+    signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
     workdir.mkdir(parents=True, exist_ok=True)

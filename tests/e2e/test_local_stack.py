@@ -72,7 +72,14 @@ def sandbox(tmp_path: Path) -> dict[str, str]:
 
 
 @contextmanager
-def bed_process(command: str, env: dict[str, str]) -> Iterator[Run]:
+def bed_process(
+    command: str, env: dict[str, str], *, as_background_job: bool = False
+) -> Iterator[Run]:
+    """`as_background_job`: start with SIGINT ignored, as `make up &` in a shell does."""
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.bed", command],
         cwd=REPO,
@@ -81,6 +88,7 @@ def bed_process(command: str, env: dict[str, str]) -> Iterator[Run]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=ignore_sigint if as_background_job else None,  # noqa: PLW1509
     )
     run = Run(process)
 
@@ -106,7 +114,7 @@ def leftovers(env: dict[str, str]) -> list[str]:
 def test_up_prints_commands_that_work_the_first_time_and_ctrl_c_cleans_up(
     sandbox: dict[str, str], tmp_path: Path
 ) -> None:
-    with bed_process("up", sandbox) as run:
+    with bed_process("up", sandbox, as_background_job=True) as run:
         lines = run.read_until("Press Ctrl-C to stop.", UP_TIMEOUT)
         script = "".join(line[4:] for line in lines if line.startswith("    "))
         assert "kubectl get voicevault -A" in script and "examples/recording.yaml" in script
