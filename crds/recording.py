@@ -31,7 +31,7 @@ class Phase(StrEnum):
     RETRYING = "Retrying"  # a transient failure; next attempt at status.nextRetryTime
     COMPLETED = "Completed"  # stored at status.mediaUrl; local media deleted
     CACHED = "Cached"  # retry window over; media kept on its node until a manual retry
-    FAILED = "Failed"  # fatal error (status.errorCode); local media deleted
+    FAILED = "Failed"  # fatal error (status.errorCode); local media, if any, deleted
     LOCAL = "Local"  # external storage was off for the namespace; media stays with the platform
 
 
