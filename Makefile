@@ -3,12 +3,14 @@
 #   make test   run the test suite (what CI runs)
 # Binaries (kube-apiserver, etcd, kubectl, helm, MinIO) are built or fetched once into
 # ~/.cache/voicevault (override with VOICEVAULT_CACHE); later runs start in seconds.
+# demo and up build only what the local stack runs (no MinIO: its S3 is moto).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
+STACK_BINARIES := etcd kubectl helm kube-apiserver
 
 .PHONY: demo up test lint typecheck binaries bench clean
 
@@ -22,10 +24,12 @@ $(STAMP): pyproject.toml
 binaries: $(STAMP)
 	$(BIN)/python -m tests.bed.binaries
 
-demo: binaries
+demo: $(STAMP)
+	$(BIN)/python -m tests.bed.binaries --only $(STACK_BINARIES)
 	$(BIN)/python -m tests.bed demo
 
-up: binaries
+up: $(STAMP)
+	$(BIN)/python -m tests.bed.binaries --only $(STACK_BINARIES)
 	$(BIN)/python -m tests.bed up
 
 lint: $(STAMP)

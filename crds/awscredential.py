@@ -71,5 +71,7 @@ class AwsCredentialStatus(KubeModel):
         default=None,
         description="resourceVersion of the Secret last checked; a change triggers a re-check.",
     )
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    observed_generation: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="metadata.generation the operator last acted on."
+    )
     conditions: list[Condition] = conditions_field("Ready: the Secret exists with both keys.")

@@ -15,12 +15,17 @@ from pydantic import BaseModel
 
 from voicevault import API_GROUP, API_VERSION
 from voicevault.crds import awscredential, recording, voicestoragesetting
+from voicevault.crds.meta import cel_rule
 from voicevault.crds.openapi import structural_schema
 
 CATEGORY = "voicevault"
 CRD_DIR = Path(__file__).resolve().parent
 # the Helm chart installs the same files from its own crds/ folder
 CHART_CRD_DIR = CRD_DIR.parent / "charts" / "voicevault" / "crds"
+
+
+API_VERSION_DESCRIPTION = f"{API_GROUP}/{API_VERSION}: the API group and version of this schema."
+KIND_DESCRIPTION = "The resource kind, as named in this CRD."
 
 
 def _ready(type_: str) -> str:
@@ -98,11 +103,12 @@ KINDS: tuple[Kind, ...] = (
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
         root_rules=[
-            {
-                "rule": f"self.metadata.name == '{voicestoragesetting.SETTING_NAME}'",
-                "message": "a VoiceStorageSetting must be named 'default': "
+            cel_rule(
+                f"self.metadata.name == '{voicestoragesetting.SETTING_NAME}'",
+                "a VoiceStorageSetting must be named 'default': "
                 "there is exactly one per namespace (account)",
-            }
+                shows="self.metadata.name",
+            )
         ],
     ),
     Kind(
@@ -118,10 +124,12 @@ KINDS: tuple[Kind, ...] = (
         columns=[
             {"name": "SID", "type": "string", "priority": 1, "jsonPath": ".status.sid"},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
             {"name": "Node", "type": "string", "jsonPath": ".spec.nodeName"},
             {"name": "Attempts", "type": "integer", "priority": 1, "jsonPath": ".status.attempts"},
             {"name": "Error", "type": "integer", "jsonPath": ".status.errorCode"},
-            {"name": "Media URL", "type": "string", "jsonPath": ".status.mediaUrl"},
+            # a full object URL is ~150 characters: only in `kubectl get -o wide`
+            {"name": "Media URL", "type": "string", "priority": 1, "jsonPath": ".status.mediaUrl"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     ),
@@ -136,8 +144,10 @@ def crd(kind: Kind) -> dict[str, Any]:
         "description": kind.description,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {"type": "string", "description": API_VERSION_DESCRIPTION},
+            "kind": {"type": "string", "description": KIND_DESCRIPTION},
+            # the apiserver refuses anything here but name/generateName; kubectl explain
+            # shows Kubernetes' own ObjectMeta documentation
             "metadata": {"type": "object"},
             "spec": spec_schema,
             "status": structural_schema(kind.status, keep_defaults=False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -39,14 +40,50 @@ class KubeModel(BaseModel):
 class Condition(KubeModel):
     """A condition in the style of Kubernetes API conventions and cert-manager."""
 
-    type: str = Field(min_length=1, max_length=316, pattern=r"^[A-Za-z][A-Za-z0-9]*$")
-    status: ConditionStatus
-    reason: str = Field(
-        min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+    type: str = Field(
+        min_length=1,
+        max_length=316,
+        pattern=r"^[A-Za-z][A-Za-z0-9]*$",
+        description="What the condition is about, in CamelCase (Ready, Validated, Stored...).",
     )
-    message: str = Field(default="", max_length=32768)
-    last_transition_time: datetime
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="Why the status is what it is, as one CamelCase word (for tools and alerts).",
+    )
+    message: str = Field(
+        default="", max_length=32768, description="The same, in a sentence for people."
+    )
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="metadata.generation of the resource when this was decided."
+    )
+
+
+def cel_rule(
+    rule: str,
+    message: str,
+    *,
+    shows: str | None = None,
+    limit: int = 80,
+    field_path: str | None = None,
+) -> dict[str, Any]:
+    """An x-kubernetes-validations rule whose message quotes the value the user wrote.
+
+    The apiserver prints a failed rule as `Invalid value: "string": <message>`: the type,
+    not the value. `shows` (a CEL expression, usually `self`) puts the value, cut to
+    `limit` characters, into the message; `message` stays the fallback. `field_path`
+    (".child") names the field at fault when the rule sits on its parent.
+    """
+    out: dict[str, Any] = {"rule": rule, "message": message}
+    if shows is not None:
+        cut = f"({shows}.size() > {limit} ? {shows}.substring(0, {limit}) + '...' : {shows})"
+        out["messageExpression"] = f'{json.dumps(message + ", got ")} + "\'" + {cut} + "\'"'
+    if field_path is not None:
+        out["fieldPath"] = field_path
+    return out
 
 
 def conditions_field(description: str) -> Any:

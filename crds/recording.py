@@ -9,7 +9,13 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field
 
 from voicevault.crds.awscredential import CREDENTIAL_SID
-from voicevault.crds.meta import DNS_SUBDOMAIN, Condition, KubeModel, conditions_field
+from voicevault.crds.meta import (
+    DNS_SUBDOMAIN,
+    Condition,
+    KubeModel,
+    cel_rule,
+    conditions_field,
+)
 
 KIND = "Recording"
 PLURAL = "recordings"
@@ -25,8 +31,23 @@ class Phase(StrEnum):
     RETRYING = "Retrying"  # a transient failure; next attempt at status.nextRetryTime
     COMPLETED = "Completed"  # stored at status.mediaUrl; local media deleted
     CACHED = "Cached"  # retry window over; media kept on its node until a manual retry
-    FAILED = "Failed"  # fatal error (status.errorCode); local media deleted
+    FAILED = "Failed"  # fatal error (status.errorCode); local media, if any, deleted
     LOCAL = "Local"  # external storage was off for the namespace; media stays with the platform
+
+
+class Reason(StrEnum):
+    """Why a recording is in its phase: status.reason, the REASON column. None when obvious."""
+
+    QUEUED = "Queued"  # Pending: waiting for an uploader pod on its node
+    REQUEUED = "Requeued"  # Pending: its uploader pod stopped before getting to it
+    MANUAL_RETRY = "ManualRetry"  # Pending: a person asked for another try
+    SETTING_NOT_READY = "SettingNotReady"  # Pending or Cached: the namespace's setting is not
+    TRANSIENT_ERROR = "TransientError"  # Retrying: errorCode and errorMessage say which
+    RETRY_WINDOW_OVER = "RetryWindowOver"  # Cached: retried for the whole window
+    FATAL_ERROR = "FatalError"  # Failed: errorCode and errorMessage say which
+    INVALID_SPEC = "InvalidSpec"  # Failed: the spec could not be read
+    EXTERNAL_STORAGE_OFF = "ExternalStorageOff"  # Local: the setting turned storage off
+    NO_SETTING = "NoSetting"  # Local: the namespace had no VoiceStorageSetting
 
 
 TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.LOCAL})
@@ -51,7 +72,11 @@ RecordingSource = Literal[
 class StatusCallback(KubeModel):
     """Where to POST the recording status callback (overrides the setting's default URL)."""
 
-    url: str = Field(max_length=2048, pattern=r"^https?://[^\s#]+$")
+    url: str = Field(
+        max_length=2048,
+        pattern=r"^https?://[^\s#]+$",
+        description="http(s) URL that receives the Twilio-style recording status callback.",
+    )
 
 
 class RecordingSpec(KubeModel):
@@ -74,12 +99,26 @@ class RecordingSpec(KubeModel):
     )
 
     account_sid: str = Field(pattern=r"^AC[0-9a-f]{32}$", description="Account SID (AC...).")
-    call_sid: str | None = Field(default=None, pattern=r"^CA[0-9a-f]{32}$")
-    conference_sid: str | None = Field(default=None, pattern=r"^CF[0-9a-f]{32}$")
+    call_sid: str | None = Field(
+        default=None,
+        pattern=r"^CA[0-9a-f]{32}$",
+        description="SID of the call recorded (CA + 32 hex). callSid or conferenceSid is set.",
+    )
+    conference_sid: str | None = Field(
+        default=None,
+        pattern=r"^CF[0-9a-f]{32}$",
+        description="SID of the conference recorded (CF + 32 hex), for conference recordings.",
+    )
     source: RecordingSource = Field(description="What started the recording (Twilio's values).")
-    channels: int = Field(default=1, ge=1, le=2)
-    track: Literal["inbound", "outbound", "both"] = "both"
-    start_time: datetime
+    channels: int = Field(
+        default=1, ge=1, le=2, description="Audio channels: 1 (mixed) or 2 (dual-channel)."
+    )
+    track: Literal["inbound", "outbound", "both"] = Field(
+        default="both", description="Which audio track was recorded: inbound, outbound or both."
+    )
+    start_time: datetime = Field(
+        description="When the recording started (RFC 3339, e.g. 2026-11-02T14:03:00Z)."
+    )
     duration: int = Field(ge=0, le=7 * 24 * 3600, description="Duration in seconds.")
     node_name: str = Field(
         max_length=253, pattern=DNS_SUBDOMAIN, description="Node whose disk holds the media."
@@ -93,15 +132,19 @@ class RecordingSpec(KubeModel):
         ),
         json_schema_extra={
             "x-kubernetes-validations": [
-                {
-                    "rule": "!self.startsWith('/') && !self.split('/').exists(s, "
+                cel_rule(
+                    "!self.startsWith('/') && !self.split('/').exists(s, "
                     "s == '' || s == '.' || s == '..')",
-                    "message": "mediaPath must be relative, without empty, '.' or '..' segments",
-                }
+                    "mediaPath must be relative, without empty, '.' or '..' segments",
+                    shows="self",
+                )
             ]
         },
     )
-    status_callback: StatusCallback | None = None
+    status_callback: StatusCallback | None = Field(
+        default=None,
+        description="Where to send this recording's status callback, instead of the setting's.",
+    )
 
 
 class StorageSnapshot(KubeModel):
@@ -110,40 +153,62 @@ class StorageSnapshot(KubeModel):
     Later changes to the VoiceStorageSetting apply only to recordings created afterwards.
     """
 
-    setting_generation: Annotated[int, Field(ge=0)]
-    bucket_url: str
-    endpoint_url: str | None = None
-    region: str
-    bucket: str
-    object_key: str
+    setting_generation: Annotated[int, Field(ge=0)] = Field(
+        description="metadata.generation of the VoiceStorageSetting that was copied."
+    )
+    bucket_url: str = Field(description="spec.externalStorage.bucketUrl of the setting.")
+    endpoint_url: str | None = Field(
+        default=None, description="spec.externalStorage.endpointUrl of the setting, if any."
+    )
+    region: str = Field(description="Region requests are signed for.")
+    bucket: str = Field(description="Bucket name.")
+    object_key: str = Field(description="Object key the recording is stored under.")
     media_url: str = Field(description="The URL the object will have once stored.")
-    credential_name: str
-    public_key_sid: str | None = Field(default=None, pattern=CREDENTIAL_SID)
+    credential_name: str = Field(description="AwsCredential whose key uploads this recording.")
+    public_key_sid: str | None = Field(
+        default=None,
+        pattern=CREDENTIAL_SID,
+        description="SID of the encryption public key; absent when not encrypted.",
+    )
     public_key: str | None = Field(default=None, description="PEM of the encryption key.")
-    retry_window_seconds: int = Field(ge=1)
-    initial_backoff_seconds: int = Field(ge=1)
-    max_backoff_seconds: int = Field(ge=1)
-    callback_url: str | None = None
+    retry_window_seconds: int = Field(
+        ge=1, description="How long transient failures are retried, from the first failure."
+    )
+    initial_backoff_seconds: int = Field(ge=1, description="First delay between attempts.")
+    max_backoff_seconds: int = Field(ge=1, description="Longest delay between attempts.")
+    callback_url: str | None = Field(
+        default=None, description="Where the status callback goes; none when absent."
+    )
     callback_signing_secret: str | None = Field(
         default=None, description="Name of the Secret whose key signs callbacks."
     )
-    callback_signing_key: str | None = None
+    callback_signing_key: str | None = Field(
+        default=None, description="Key inside that Secret (its name, never its value)."
+    )
 
 
 class UploadAttempt(KubeModel):
     """The uploader pod that owns the current attempt; only it may report on it."""
 
-    pod: str
-    started_at: datetime | None = None
-    bytes_sent: Annotated[int, Field(ge=0)] | None = None
-    bytes_total: Annotated[int, Field(ge=0)] | None = None
+    pod: str = Field(description="Name of the uploader pod (in the operator's namespace).")
+    started_at: datetime | None = Field(
+        default=None, description="When the pod first reported bytes sent."
+    )
+    bytes_sent: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Bytes sent to the bucket so far."
+    )
+    bytes_total: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Bytes the stored object will have (ciphertext if encrypted)."
+    )
 
 
 class EncryptionDetails(KubeModel):
     """Twilio's rsa-aes encryption details (camelCase); decrypt with `voicevault decrypt`."""
 
-    type: Literal["rsa-aes"] = "rsa-aes"
-    public_key_sid: str = Field(pattern=CREDENTIAL_SID)
+    type: Literal["rsa-aes"] = Field(default="rsa-aes", description="Always rsa-aes.")
+    public_key_sid: str = Field(
+        pattern=CREDENTIAL_SID, description="SID of the public key the content key is wrapped for."
+    )
     encrypted_cek: str = Field(description="Content key wrapped with RSA-OAEP-SHA256, base64.")
     iv: str = Field(description="AES-GCM initialization vector, base64 (12 bytes).")
 
@@ -152,30 +217,66 @@ class RecordingStatus(KubeModel):
     """Progress and outcome of the upload. Written by the operator and its uploader pods."""
 
     sid: str | None = Field(default=None, pattern=RECORDING_SID, description="RE + 32 hex.")
-    phase: Phase | None = None
+    phase: Phase | None = Field(
+        default=None,
+        description=(
+            "Pending, Scheduled, Uploading, Retrying, Completed, Cached, Failed or Local "
+            "(see the README's lifecycle)."
+        ),
+    )
+    # a string, not an enum: a newer operator's reason must never make a status write fail
+    reason: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z][A-Za-z0-9]*$",
+        description=(
+            "Why the recording is in its phase, in one word (the REASON column); absent when "
+            "the phase says it all. message has the details."
+        ),
+    )
     message: str | None = Field(default=None, max_length=1024, description="Why, for people.")
     media_url: str | None = Field(default=None, description="Full URL of the stored object.")
     size: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Media bytes.")
-    attempts: Annotated[int, Field(ge=0)] = 0
-    first_failure_time: datetime | None = None
-    last_failure_time: datetime | None = None
-    next_retry_time: datetime | None = None
+    attempts: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="Upload attempts started in this retry window (a manual retry resets it).",
+    )
+    first_failure_time: datetime | None = Field(
+        default=None,
+        description="First failure of the current retry window; the window starts here.",
+    )
+    last_failure_time: datetime | None = Field(
+        default=None, description="Most recent failed attempt."
+    )
+    next_retry_time: datetime | None = Field(
+        default=None, description="When the next attempt is due (phase Retrying)."
+    )
     error_code: int | None = Field(
         default=None, description="Twilio-style error code: 16111, 16112, 16104 or 16105."
     )
-    error_class: Literal["Transient", "Fatal"] | None = None
-    error_message: str | None = Field(default=None, max_length=1024)
+    error_class: Literal["Transient", "Fatal"] | None = Field(
+        default=None, description="Transient (retried within the window) or Fatal (never retried)."
+    )
+    error_message: str | None = Field(
+        default=None, max_length=1024, description="What went wrong in the last failed attempt."
+    )
     encryption_details: EncryptionDetails | None = None
     storage: StorageSnapshot | None = None
     upload: UploadAttempt | None = None
-    completion_time: datetime | None = None
-    callback_attempts: Annotated[int, Field(ge=0)] | None = None
+    completion_time: datetime | None = Field(
+        default=None, description="When the object was stored (phase Completed)."
+    )
+    callback_attempts: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="HTTP requests made to deliver the status callback."
+    )
     retry_request: str | None = Field(
         default=None,
         max_length=256,
         description="Value of the voicevault.io/retry annotation last acted on.",
     )
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    observed_generation: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="metadata.generation the operator last acted on."
+    )
     conditions: list[Condition] = conditions_field(
         "Stored: the object is in the bucket. CallbackDelivered: the status callback got a 2xx."
     )

@@ -13,6 +13,7 @@ from voicevault.crds.meta import (
     Condition,
     KubeModel,
     LocalSecretKeyRef,
+    cel_rule,
     conditions_field,
 )
 
@@ -88,14 +89,16 @@ class ExternalStorage(KubeModel):
         ),
         json_schema_extra={
             "x-kubernetes-validations": [
-                {
-                    "rule": "self.contains('{recordingSid}')",
-                    "message": "objectKeyTemplate must contain {recordingSid} so keys are unique",
-                },
-                {
-                    "rule": "!self.startsWith('/') && !self.contains('//')",
-                    "message": "objectKeyTemplate must be relative and have no empty segments",
-                },
+                cel_rule(
+                    "self.contains('{recordingSid}')",
+                    "objectKeyTemplate must contain {recordingSid} so keys are unique",
+                    shows="self",
+                ),
+                cel_rule(
+                    "!self.startsWith('/') && !self.contains('//')",
+                    "objectKeyTemplate must be relative and have no empty segments",
+                    shows="self",
+                ),
             ]
         },
     )
@@ -112,10 +115,12 @@ class Encryption(KubeModel):
         ),
         json_schema_extra={
             "x-kubernetes-validations": [
-                {
-                    "rule": "self.contains('-----BEGIN ')",
-                    "message": "publicKey must be a PEM block (-----BEGIN PUBLIC KEY-----)",
-                }
+                cel_rule(
+                    "self.contains('-----BEGIN ')",
+                    "publicKey must be a PEM block (-----BEGIN PUBLIC KEY-----)",
+                    shows="self",
+                    limit=30,
+                )
             ]
         },
     )
@@ -169,11 +174,17 @@ class VoiceStorageSettingSpec(KubeModel):
                     "rule": "!self.enabled || (has(self.bucketUrl) && has(self.credentialRef))",
                     "message": "bucketUrl and credentialRef are required when enabled",
                 },
-                {
-                    "rule": "!has(self.bucketUrl) || has(self.endpointUrl) || "
-                    "self.bucketUrl.startsWith('https://')",
-                    "message": "bucketUrl must use https unless endpointUrl is set",
-                },
+                # only about http:// URLs: anything else already fails the bucketUrl pattern,
+                # and one accurate message beats two
+                cel_rule(
+                    "!has(self.bucketUrl) || has(self.endpointUrl) || "
+                    "!self.bucketUrl.startsWith('http://')",
+                    "bucketUrl must use https unless endpointUrl is set",
+                    # a URL with user info may carry a key: never echo it
+                    shows="(self.bucketUrl.contains('@') ? 'http://...' : self.bucketUrl)",
+                    limit=120,
+                    field_path=".bucketUrl",
+                ),
             ]
         }
     )
@@ -189,18 +200,26 @@ class VoiceStorageSettingSpec(KubeModel):
 class ParsedBucket(KubeModel):
     """The bucket URL as the operator understood it."""
 
-    bucket: str
-    region: str
+    bucket: str = Field(description="Bucket name.")
+    region: str = Field(description="Region requests are signed for.")
     prefix: str = Field(description="Key path inside the bucket ('' for the root).")
-    style: Literal["virtual", "path"]
-    endpoint_url: str | None = None
+    style: Literal["virtual", "path"] = Field(
+        description="virtual: BUCKET.host/key; path: host/BUCKET/key (as the URL was written)."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="The S3 endpoint used instead of AWS, when one is set."
+    )
 
 
 class VoiceStorageSettingStatus(KubeModel):
     """Parsed bucket, resolved credential and key, and validation against the bucket."""
 
     parsed: ParsedBucket | None = None
-    credential_sid: str | None = Field(default=None, pattern=CREDENTIAL_SID)
+    credential_sid: str | None = Field(
+        default=None,
+        pattern=CREDENTIAL_SID,
+        description="SID of the AwsCredential named by spec.externalStorage.credentialRef.",
+    )
     public_key_sid: str | None = Field(
         default=None,
         pattern=CREDENTIAL_SID,
@@ -212,7 +231,9 @@ class VoiceStorageSettingStatus(KubeModel):
     validated_generation: Annotated[int, Field(ge=0)] | None = Field(
         default=None, description="metadata.generation that lastValidationTime refers to."
     )
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    observed_generation: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="metadata.generation the operator last acted on."
+    )
     conditions: list[Condition] = conditions_field(
         "Ready: settings are complete and consistent. Validated: the bucket accepts uploads."
     )

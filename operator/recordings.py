@@ -20,6 +20,7 @@ from voicevault.crds.recording import (
     FINALIZER,
     RETRY_ANNOTATION,
     Phase,
+    Reason,
     RecordingSpec,
     StorageSnapshot,
 )
@@ -28,7 +29,7 @@ from voicevault.operator.retrypolicy import RetryPolicy, next_retry
 from voicevault.operator.settings import SettingView
 from voicevault.operator.sids import recording_sid
 from voicevault.operator.snapshot import SnapshotError, take_snapshot
-from voicevault.uploader.errors import ErrorCode
+from voicevault.uploader.errors import ErrorCode, failed_summary
 
 EventType = Literal["Normal", "Warning"]
 
@@ -161,6 +162,7 @@ def _accept(
         where = ".".join(str(p) for p in first["loc"])
         decision.status = base | {
             "phase": Phase.FAILED.value,
+            "reason": Reason.INVALID_SPEC.value,
             "errorCode": int(ErrorCode.UPLOAD_FAILED),
             "errorClass": "Fatal",
             "errorMessage": f"invalid spec.{where}: {first['msg']}",
@@ -170,8 +172,10 @@ def _accept(
         return
     if setting is None or (setting.ready and not setting.enabled):
         why = "no VoiceStorageSetting 'default'" if setting is None else "external storage is off"
+        reason = Reason.NO_SETTING if setting is None else Reason.EXTERNAL_STORAGE_OFF
         decision.status = base | {
             "phase": Phase.LOCAL.value,
+            "reason": reason.value,
             "message": f"Kept by the platform: {why} in namespace {rec.namespace!r} when created",
         }
         decision.events.append(Event("Normal", "ExternalStorageOff", decision.status["message"]))
@@ -189,6 +193,7 @@ def _accept(
     message = f"Queued for upload from node {spec.node_name} to {snapshot.media_url}{encrypted}"
     decision.status = base | {
         "phase": Phase.PENDING.value,
+        "reason": Reason.QUEUED.value,
         "storage": snapshot.to_wire(),
         "message": message,
         "errorCode": None,
@@ -216,13 +221,21 @@ def _wait_for_setting(
             f"node {rec.spec.get('nodeName')}. Fix the setting, then run `voicevault retry`"
         )
         if rec.status.get("phase") != Phase.CACHED.value:
-            decision.status = base | {"phase": Phase.CACHED.value, "message": message}
+            decision.status = base | {
+                "phase": Phase.CACHED.value,
+                "reason": Reason.SETTING_NOT_READY.value,
+                "message": message,
+            }
             decision.events.append(Event("Warning", "Cached", message))
         return
     message = f"Waiting for VoiceStorageSetting 'default' to be ready ({why})"
     decision.waiting_for_setting = True
     if rec.status.get("message") != message or rec.status.get("phase") != Phase.PENDING.value:
-        decision.status = base | {"phase": Phase.PENDING.value, "message": message}
+        decision.status = base | {
+            "phase": Phase.PENDING.value,
+            "reason": Reason.SETTING_NOT_READY.value,
+            "message": message,
+        }
         decision.events.append(Event("Warning", "SettingNotReady", message))
 
 
@@ -236,13 +249,19 @@ def _manual_retry(rec: RecordingView, now: datetime, decision: Decision) -> None
     asked = rec.annotations[RETRY_ANNOTATION]
     if rec.snapshot is None:
         # it never got a snapshot (the setting was not ready): take one now
-        decision.status = {"retryRequest": asked, "phase": None, "message": "Manual retry"}
+        decision.status = {
+            "retryRequest": asked,
+            "phase": None,
+            "reason": Reason.MANUAL_RETRY.value,
+            "message": "Manual retry",
+        }
         decision.events.append(Event("Normal", "ManualRetry", "manual retry requested"))
         return
     node = rec.spec.get("nodeName")
     message = f"Manual retry requested ({RETRY_ANNOTATION}={asked}); queued for node {node}"
     decision.status = {
         "phase": Phase.PENDING.value,
+        "reason": Reason.MANUAL_RETRY.value,
         "retryRequest": asked,
         "attempts": 0,
         "firstFailureTime": None,
@@ -322,12 +341,18 @@ def transient_failure(
             f"Retried for {_human(policy.window)} without success; media kept on node {node}. "
             f"Run `voicevault retry` or annotate {RETRY_ANNOTATION} to try again"
         )
-        patch |= {"phase": Phase.CACHED.value, "nextRetryTime": None, "message": text}
+        patch |= {
+            "phase": Phase.CACHED.value,
+            "reason": Reason.RETRY_WINDOW_OVER.value,
+            "nextRetryTime": None,
+            "message": text,
+        }
         return patch, Event("Warning", "Cached", f"{text} (last error {code}: {message})")
     assert decision.next_attempt_at is not None
     text = f"Transient error {code}: {message}; next attempt at {iso(decision.next_attempt_at)}"
     patch |= {
         "phase": Phase.RETRYING.value,
+        "reason": Reason.TRANSIENT_ERROR.value,
         "nextRetryTime": iso(decision.next_attempt_at),
         "message": text,
     }
@@ -336,7 +361,7 @@ def transient_failure(
 
 def requeued(reason: str) -> dict[str, Any]:
     """Back to Pending without counting a failure (the pod never got to it)."""
-    return {"phase": Phase.PENDING.value, "message": reason}
+    return {"phase": Phase.PENDING.value, "reason": Reason.REQUEUED.value, "message": reason}
 
 
 def fatal_failure(
@@ -344,13 +369,15 @@ def fatal_failure(
 ) -> tuple[dict[str, Any], Event]:
     patch = {
         "phase": Phase.FAILED.value,
+        "reason": Reason.FATAL_ERROR.value,
         "errorCode": code,
         "errorClass": "Fatal",
         "errorMessage": message[:1024],
         "firstFailureTime": status.get("firstFailureTime") or iso(now),
         "lastFailureTime": iso(now),
         "nextRetryTime": None,
-        "message": f"Fatal error {code}; local media deleted, no retries",
+        # the uploader pod dealt with the media; this writer cannot tell what it found
+        "message": failed_summary(code, media_deleted=None),
     }
     return patch, Event("Warning", "Failed", f"fatal error {code}: {message}")
 

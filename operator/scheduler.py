@@ -268,6 +268,7 @@ class Scheduler:
         else:
             status = {
                 "phase": Phase.SCHEDULED.value,
+                "reason": None,
                 "upload": upload,
                 "attempts": entry.attempts + 1,
                 "message": f"In uploader pod {pod_name}'s batch (attempt {entry.attempts + 1})",

@@ -166,6 +166,7 @@ def _request(item: BatchItem, path: Path) -> UploadRequest:
         )
     return UploadRequest(
         source=path,
+        media_name=item.media_path,
         location=location,
         key=item.object_key,
         content_type=content_type_for(path.suffix, encrypted=encryption is not None),
@@ -194,10 +195,11 @@ def _report_failure(
         log.warning("transient failure: %s", error.message, extra=extra | {"event": "transient"})
         return ItemResult(kind="transient", error_code=int(error.code), message=error.message)
     log.error("fatal failure: %s", error.message, extra=extra | {"event": "fatal"})
-    if media is not None and delete_media(media):
+    deleted = media is not None and delete_media(media)
+    if deleted:
         log.info("local media deleted after a fatal error", extra=dict(ctx))
     store.wipe(item.sid)
-    recorded = reporter.failed(item, error)
+    recorded = reporter.failed(item, error, deleted)
     return ItemResult(
         kind="fatal" if recorded else "fatal-unrecorded",
         error_code=int(error.code),

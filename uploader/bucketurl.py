@@ -25,10 +25,13 @@ _REGION = r"[a-z]{2}(?:-[a-z]+)+-[0-9]+"
 _REGION_RE = re.compile(_REGION)
 # S3-compatible stores name their regions freely ("dc1", "eu-onprem-1", "minio").
 _ENDPOINT_REGION_RE = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,62}[a-z0-9])?")
-# What stays of an AWS host once the suffix is gone. The bucket is greedy so that a
-# bucket name containing ".s3." still resolves to the right-most S3 label.
-_AWS_PATH_HOST_RE = re.compile(rf"s3(?:[.-](?P<region>{_REGION}))?")
-_AWS_VIRTUAL_HOST_RE = re.compile(rf"(?P<bucket>.+)\.s3(?:[.-](?P<region>{_REGION}))?")
+# What stays of an AWS host once the suffix is gone, matched as written (any case). The
+# bucket is greedy so that a bucket name containing ".s3." still resolves to the
+# right-most S3 label.
+_AWS_PATH_HOST_RE = re.compile(rf"s3(?:[.-](?P<region>{_REGION}))?", re.IGNORECASE)
+_AWS_VIRTUAL_HOST_RE = re.compile(
+    rf"(?P<bucket>.+)\.s3(?:[.-](?P<region>{_REGION}))?", re.IGNORECASE
+)
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]*[a-z0-9]")
 _LEGACY_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]*[a-z0-9]")
 _IPV4_LIKE_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
@@ -86,7 +89,7 @@ def parse_bucket_url(
         raise BucketUrlError(
             f"bucket URL scheme must be {' or '.join(allowed)}, got {parts.scheme!r}"
         )
-    host = parts.hostname or ""
+    host = _written_host(parts)
     if not host:
         raise BucketUrlError("bucket URL has no host")
     segments = _path_segments(parts.path)
@@ -99,6 +102,14 @@ def parse_bucket_url(
             "S3-compatible stores"
         )
     return _parse_on_endpoint(parts, host, segments, endpoint=endpoint, region=region)
+
+
+def _written_host(parts: SplitResult) -> str:
+    """The host as the user wrote it: `hostname` lowercases, and messages must not."""
+    host = parts.netloc.rpartition("@")[2]
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.partition(":")[0]
 
 
 def _split(url: str, what: str) -> SplitResult:
@@ -157,7 +168,12 @@ def _path_segments(path: str) -> list[str]:
 
 
 def _aws_suffix(host: str) -> str | None:
-    return next((suffix for suffix in _AWS_SUFFIXES if host.endswith(suffix)), None)
+    return next((suffix for suffix in _AWS_SUFFIXES if _ends_with(host, suffix)), None)
+
+
+def _ends_with(host: str, suffix: str) -> bool:
+    """Case-insensitive, without lowercasing the rest of the host (so lengths stay put)."""
+    return len(host) >= len(suffix) and host[len(host) - len(suffix) :].lower() == suffix
 
 
 def _parse_aws(
@@ -171,23 +187,23 @@ def _parse_aws(
 ) -> BucketLocation:
     if parts.port is not None:
         raise BucketUrlError("AWS bucket URL must not name a port")
-    label = host.removesuffix(suffix)
+    label = host[: len(host) - len(suffix)]
     scheme = parts.scheme
     if match := _AWS_PATH_HOST_RE.fullmatch(label):
         style: Style = "path"
         bucket, segments = _path_bucket(segments)
-        base_url = f"{scheme}://{host}/{bucket}/"
+        base_url = f"{scheme}://{label.lower()}{suffix}/{bucket}/"
     elif match := _AWS_VIRTUAL_HOST_RE.fullmatch(label):
         style = "virtual"
         bucket = match["bucket"]
-        base_url = f"{scheme}://{host}/"
+        base_url = f"{scheme}://{label.lower()}{suffix}/"
     else:
         raise BucketUrlError(
             f"host {host!r} is not an S3 bucket URL; expected BUCKET.s3.REGION{suffix} "
             f"or s3.REGION{suffix}/BUCKET"
         )
-    _check_bucket(bucket, style)
-    resolved = _resolve_region(match["region"], region, suffix)
+    bucket = _check_bucket(bucket, style)
+    resolved = _resolve_region(match["region"].lower() if match["region"] else None, region, suffix)
     return BucketLocation(
         bucket=bucket,
         region=resolved,
@@ -213,20 +229,20 @@ def _parse_on_endpoint(
             f"bucket URL must use the same scheme and port as the endpoint URL {endpoint.url!r}"
         )
     origin = f"{parts.scheme}://{parts.netloc.lower()}"
-    if host == endpoint.host:
+    if host.lower() == endpoint.host:
         style: Style = "path"
         bucket, segments = _path_bucket(segments)
         base_url = f"{origin}/{bucket}/"
-    elif host.endswith("." + endpoint.host):
+    elif _ends_with(host, "." + endpoint.host):
         style = "virtual"
-        bucket = host.removesuffix("." + endpoint.host)
+        bucket = host[: len(host) - len(endpoint.host) - 1]
         base_url = f"{origin}/"
     else:
         raise BucketUrlError(
             f"bucket URL host {host!r} is neither the endpoint host {endpoint.host!r} "
             "nor BUCKET.<endpoint host>"
         )
-    _check_bucket(bucket, style)
+    bucket = _check_bucket(bucket, style)
     return BucketLocation(
         bucket=bucket,
         region=region or DEFAULT_REGION,
@@ -243,23 +259,29 @@ def _path_bucket(segments: list[str]) -> tuple[str, list[str]]:
     return segments[0], segments[1:]
 
 
-def _check_bucket(bucket: str, style: Style) -> None:
-    """S3 naming rules; underscores survive only in legacy path-style buckets."""
+def _check_bucket(written: str, style: Style) -> str:
+    """The bucket name under S3 naming rules; messages quote it as the user wrote it.
+
+    Underscores survive only in legacy path-style buckets. A virtual-host bucket is part
+    of a DNS name, so its letters are case-insensitive there and count as lowercase.
+    """
+    bucket = written.lower() if style == "virtual" else written
     pattern = _LEGACY_BUCKET_RE if style == "path" else _BUCKET_RE
     if not 3 <= len(bucket) <= 63:
-        raise BucketUrlError(f"bucket name {bucket!r} must be 3 to 63 characters long")
+        raise BucketUrlError(f"bucket name {written!r} must be 3 to 63 characters long")
     if not pattern.fullmatch(bucket):
         allowed = "lowercase letters, digits, dots, hyphens" + (
             " and underscores" if style == "path" else ""
         )
         raise BucketUrlError(
-            f"bucket name {bucket!r} must use only {allowed} and start and end with a "
+            f"bucket name {written!r} must use only {allowed} and start and end with a "
             "letter or digit"
         )
     if ".." in bucket:
-        raise BucketUrlError(f"bucket name {bucket!r} must not contain '..'")
+        raise BucketUrlError(f"bucket name {written!r} must not contain '..'")
     if _IPV4_LIKE_RE.fullmatch(bucket):
-        raise BucketUrlError(f"bucket name {bucket!r} must not be an IP address")
+        raise BucketUrlError(f"bucket name {written!r} must not be an IP address")
+    return bucket
 
 
 def _check_region(region: str, *, on_endpoint: bool) -> None:

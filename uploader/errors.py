@@ -60,6 +60,18 @@ class UploadError(Exception):
         return f"UploadError({self.error_class.value}, {int(self.code)}, {self.message!r})"
 
 
+def failed_summary(code: int, *, media_deleted: bool | None) -> str:
+    """The phase message of a Failed recording, true about its local media.
+
+    `None`: the writer does not know (the operator recording an uploader's result).
+    """
+    if media_deleted is None:
+        return f"Fatal error {code}; no retries"
+    if media_deleted:
+        return f"Fatal error {code}; local media deleted, no retries"
+    return f"Fatal error {code}; nothing was deleted from the node, no retries"
+
+
 def fatal(code: ErrorCode, message: str) -> UploadError:
     return UploadError(ErrorClass.FATAL, code, message)
 

@@ -19,9 +19,9 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from voicevault import API_GROUP, API_VERSION
-from voicevault.crds.recording import PLURAL, Phase
+from voicevault.crds.recording import PLURAL, Phase, Reason
 from voicevault.uploader.batchspec import BatchItem
-from voicevault.uploader.errors import UploadError
+from voicevault.uploader.errors import UploadError, failed_summary
 from voicevault.uploader.transfer import UploadResult
 
 log = logging.getLogger("voicevault.uploader.status")
@@ -34,7 +34,7 @@ class StatusReporter(Protocol):
 
     def completed(self, item: BatchItem, result: UploadResult) -> bool: ...
 
-    def failed(self, item: BatchItem, error: UploadError) -> bool: ...
+    def failed(self, item: BatchItem, error: UploadError, media_deleted: bool) -> bool: ...
 
 
 def now_iso() -> str:
@@ -46,6 +46,7 @@ def completed_patch(result: UploadResult, status: dict[str, Any], at: str) -> di
     upload.update({"bytesSent": result.size, "bytesTotal": result.size})
     return {
         "phase": Phase.COMPLETED.value,
+        "reason": None,
         "message": "Stored in the bucket; local media deleted",
         "mediaUrl": result.media_url,
         "size": result.source_size,
@@ -59,10 +60,13 @@ def completed_patch(result: UploadResult, status: dict[str, Any], at: str) -> di
     }
 
 
-def failed_patch(error: UploadError, status: dict[str, Any], at: str) -> dict[str, Any]:
+def failed_patch(
+    error: UploadError, status: dict[str, Any], at: str, *, media_deleted: bool
+) -> dict[str, Any]:
     return {
         "phase": Phase.FAILED.value,
-        "message": f"Fatal error {int(error.code)}; local media deleted, no retries",
+        "reason": Reason.FATAL_ERROR.value,
+        "message": failed_summary(int(error.code), media_deleted=media_deleted),
         "errorCode": int(error.code),
         "errorClass": error.error_class.value,
         "errorMessage": error.message[:1024],
@@ -76,7 +80,7 @@ def progress_patch(sent: int, total: int, status: dict[str, Any], at: str) -> di
     upload = dict(status.get("upload") or {})
     upload.setdefault("startedAt", at)
     upload.update({"bytesSent": sent, "bytesTotal": total})
-    return {"phase": Phase.UPLOADING.value, "upload": upload}
+    return {"phase": Phase.UPLOADING.value, "reason": None, "upload": upload}
 
 
 class KubeStatusReporter:
@@ -102,8 +106,10 @@ class KubeStatusReporter:
     def completed(self, item: BatchItem, result: UploadResult) -> bool:
         return self._write(item, lambda s: completed_patch(result, s, now_iso()))
 
-    def failed(self, item: BatchItem, error: UploadError) -> bool:
-        return self._write(item, lambda s: failed_patch(error, s, now_iso()))
+    def failed(self, item: BatchItem, error: UploadError, media_deleted: bool) -> bool:
+        return self._write(
+            item, lambda s: failed_patch(error, s, now_iso(), media_deleted=media_deleted)
+        )
 
     def _write(self, item: BatchItem, mutate: Mutation, *, retry: bool = True) -> bool:
         """Apply `mutate` to the status; False if not ours any more or the API stayed away."""

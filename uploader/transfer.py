@@ -92,6 +92,8 @@ class UploadRequest:
     encryption: EncryptionKey | None = None
     # name of the resume state file (the recording SID in cluster mode)
     state_name: str = ""
+    # how messages name the media: its path relative to the account's folder
+    media_name: str = ""
 
 
 @dataclass
@@ -157,7 +159,7 @@ def upload(
     try:
         fingerprint = SourceFingerprint.of(request.source)
     except FileNotFoundError:
-        raise fatal(ErrorCode.UPLOAD_FAILED, "media file not found") from None
+        raise _missing(request) from None
     except OSError as exc:
         raise classify(exc, "reading media") from None
     size = object_size(fingerprint.size, request.encryption is not None)
@@ -166,13 +168,18 @@ def upload(
     return _Multipart(client, request, store, config, progress, cancel, fingerprint).run()
 
 
-def _open_media(path: Path) -> BinaryIO:
+def _open_media(request: UploadRequest) -> BinaryIO:
     try:
-        return path.open("rb", buffering=0)
+        return request.source.open("rb", buffering=0)
     except FileNotFoundError:
-        raise fatal(ErrorCode.UPLOAD_FAILED, "media file not found") from None
+        raise _missing(request) from None
     except OSError as exc:
         raise classify(exc, "reading media") from None
+
+
+def _missing(request: UploadRequest) -> UploadError:
+    name = request.media_name or request.source.name
+    return fatal(ErrorCode.UPLOAD_FAILED, f"media file {name!r} not found in the account's folder")
 
 
 def _seal(encryption: EncryptionKey) -> tuple[envelope.ContentKey, envelope.EncryptionDetails]:
@@ -225,7 +232,7 @@ def _single_put(
     size = object_size(fingerprint.size, content_key is not None)
     progress.start(size)
     buffer = bytearray(size + BUFFER_SLACK)
-    with _open_media(request.source) as media:
+    with _open_media(request) as media:
         try:
             body = ObjectReader(media, fingerprint.size, content_key).read_into(buffer, size)
         except SourceChangedError:
@@ -472,7 +479,7 @@ class _Multipart:
         completed: dict[int, dict[str, Any]] = {}
         self.progress.start(size)
         with (
-            _open_media(self.request.source) as media,
+            _open_media(self.request) as media,
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="part") as executor,
         ):
             reader = ObjectReader(media, state.source.size, content_key)

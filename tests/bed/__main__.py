@@ -5,7 +5,10 @@ demo  brings up a real kube-apiserver + etcd, an S3 server enforcing the seed's 
       records a call on the node, waits for the Recording to reach Completed, then
       downloads and decrypts the object to prove it, and tears everything down.
 up    brings up the same stack with one example account and keeps it running until
-      Ctrl-C, printing the KUBECONFIG to use with kubectl.
+      Ctrl-C, printing commands to try it with: kubectl, examples/recording.yaml, and
+      a look into the bucket.
+
+Both remove their temporary folder on exit, on Ctrl-C and on SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,27 +18,39 @@ import io
 import json
 import math
 import os
+import shlex
+import shutil
 import signal
 import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import wave
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TypeVar
+
+import yaml
 
 from tests.bed import binaries
 from tests.bed.controlplane import ControlPlane
 from tests.bed.s3_moto import MotoS3
-from tests.bed.stack import Account, Stack
+from tests.bed.stack import REPO, Account, Stack
 from tests.support.callbacks import CallbackReceiver
 from tests.support.kube import kubectl
 
 T = TypeVar("T")
+# The stack matches examples/recording.yaml, so a newcomer can apply it as it is.
+EXAMPLE_RECORDING = REPO / "examples" / "recording.yaml"
+_EXAMPLE = yaml.safe_load(EXAMPLE_RECORDING.read_text())
+NAMESPACE: str = _EXAMPLE["metadata"]["namespace"]
+RECORDING: str = _EXAMPLE["metadata"]["name"]
+NODE: str = _EXAMPLE["spec"]["nodeName"]
+MEDIA_PATH: str = _EXAMPLE["spec"]["mediaPath"]
+WORKDIR_PREFIX = "voicevault-demo-"
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
 
@@ -66,7 +81,7 @@ def call_audio(seconds: float = 4.0, rate: int = 8000) -> bytes:
 
 
 @contextmanager
-def running_stack(workdir: Path) -> Iterator[tuple[Stack, CallbackReceiver]]:
+def running_stack(workdir: Path) -> Iterator[tuple[Stack, MotoS3, CallbackReceiver]]:
     timed(
         "binaries ready (cached in ~/.cache/voicevault)",
         lambda: [binaries.kube_apiserver(), binaries.kubectl(), binaries.helm()],
@@ -75,11 +90,11 @@ def running_stack(workdir: Path) -> Iterator[tuple[Stack, CallbackReceiver]]:
         say(f"kube-apiserver {binaries.KUBERNETES_VERSION} + etcd on {plane.server}")
         with MotoS3(workdir / "moto") as s3:
             say(f"S3 (moto, IAM enforced with the seed policy) on {s3.endpoint_url}")
-            stack = Stack(plane, s3, workdir / "stack", nodes=("media-node-1",))
+            stack = Stack(plane, s3, workdir / "stack", nodes=(NODE,))
             timed("CRDs applied, RBAC installed, node registered, operator running", stack.start)
             receiver = CallbackReceiver().start()
             try:
-                yield stack, receiver
+                yield stack, s3, receiver
             finally:
                 receiver.stop()
                 stack.stop()
@@ -99,29 +114,30 @@ def show(stack: Stack, namespace: str) -> None:
 
 def demo(workdir: Path) -> int:
     started = time.monotonic()
-    with running_stack(workdir) as (stack, receiver):
+    with running_stack(workdir) as (stack, _, receiver):
         account: Account = timed(
-            "account 'acme' ready: Secret + AwsCredential + VoiceStorageSetting (encrypted)",
+            f"account {NAMESPACE!r} ready: Secret + AwsCredential + VoiceStorageSetting "
+            "(encrypted)",
             lambda: stack.add_account(
-                namespace="acme",
+                namespace=NAMESPACE,
                 encrypted=True,
                 callback_url=receiver.url(),
                 signing_key="demo-auth-token",
             ),
         )
         audio = call_audio()
-        stack.record(account, "call-0001", audio)
+        stack.record(account, RECORDING, audio, node=NODE, media_path=MEDIA_PATH)
         say(
-            f"recorded a {len(audio)} byte call on node media-node-1 "
-            "and created Recording acme/call-0001"
+            f"recorded a {len(audio)} byte call on node {NODE} "
+            f"and created Recording {NAMESPACE}/{RECORDING}"
         )
         body = timed(
             "Recording reached a final phase",
             lambda: stack.wait_phase(
-                "acme", "call-0001", "Completed", "Failed", "Cached", timeout=120
+                NAMESPACE, RECORDING, "Completed", "Failed", "Cached", timeout=120
             ),
         )
-        show(stack, "acme")
+        show(stack, NAMESPACE)
         status = body["status"]
         if status.get("phase") != "Completed":
             say(f"the recording ended {status.get('phase')}: {status.get('message')}")
@@ -131,7 +147,7 @@ def demo(workdir: Path) -> int:
             "local media on the node: "
             + (
                 "still there (unexpected)"
-                if stack.media_file("media-node-1", "acme", "2026/11/call-0001.wav").exists()
+                if stack.media_file(NODE, NAMESPACE, MEDIA_PATH).exists()
                 else "deleted"
             )
         )
@@ -139,7 +155,7 @@ def demo(workdir: Path) -> int:
         obj.write_bytes(stack.object_bytes(account, status["storage"]["objectKey"]))
         assert account.keys is not None
         private, _ = account.keys.write(workdir)
-        out = workdir / "call-0001.wav"
+        out = workdir / f"{RECORDING}.wav"
         decrypt = subprocess.run(
             [
                 sys.executable,
@@ -174,29 +190,58 @@ def demo(workdir: Path) -> int:
     return 0
 
 
-def up(workdir: Path) -> int:
-    with running_stack(workdir) as (stack, receiver):
-        stack.add_account(namespace="acme", encrypted=True, callback_url=receiver.url())
-        kubeconfig = stack.cp.admin_kubeconfig
-        say("the stack is up. In another terminal:")
-        print(
-            f"""
-    export KUBECONFIG={kubeconfig}
-    {binaries.kubectl()} get voicevault -A
-    # put media on the node, then create a Recording for it:
-    mkdir -p {stack.media_file("media-node-1", "acme", "x").parent}
-    cp some.wav {stack.media_file("media-node-1", "acme", "my-call.wav")}
-    # (see examples/recording.yaml; nodeName: media-node-1, mediaPath: my-call.wav)
+def try_it(stack: Stack, s3: MotoS3, account: Account, workdir: Path) -> list[str]:
+    """Shell lines a newcomer can paste as they are (a test runs them)."""
+    sample = workdir / "sample-call.wav"
+    sample.write_bytes(call_audio())
+    media = stack.media_file(NODE, NAMESPACE, MEDIA_PATH)
+    key_id, secret = s3.admin_credentials
+    endpoint, bucket = s3.endpoint_url, account.s3.bucket
+    listing = (
+        f'import boto3; s3 = boto3.client("s3", endpoint_url="{endpoint}", '
+        f'aws_access_key_id="{key_id}", aws_secret_access_key="{secret}", '
+        'region_name="us-east-1"); '
+        f'[print(o["Key"], o["Size"]) for o in s3.list_objects_v2(Bucket="{bucket}")'
+        '.get("Contents", [])]'
+    )
+    q = shlex.quote
+    return [
+        f"export KUBECONFIG={q(str(stack.cp.admin_kubeconfig))}",
+        f"export KUBECACHEDIR={q(str(workdir / 'kubectl-cache'))}  # this stack's own cache",
+        f"export PATH={q(str(binaries.kubectl().parent))}:$PATH  # kubectl and helm, pinned",
+        "kubectl get voicevault -A",
+        f"# a call recording lands on node {NODE}; the platform creates its Recording:",
+        f"mkdir -p {q(str(media.parent))}",
+        f"cp {q(str(sample))} {q(str(media))}",
+        f"kubectl apply -f {q(str(EXAMPLE_RECORDING))}",
+        f"kubectl -n {NAMESPACE} wait recording/{RECORDING} "
+        "--for=jsonpath='{.status.phase}'=Completed --timeout=120s",
+        f"kubectl -n {NAMESPACE} get recordings -o wide",
+        "# what landed in the bucket, with the local S3's admin keys (local only, throwaway):",
+        f"{q(sys.executable)} -c {q(listing)}",
+        f"# or: AWS_ACCESS_KEY_ID={key_id} AWS_SECRET_ACCESS_KEY={secret} "
+        f"aws --endpoint-url {endpoint} s3 ls --recursive s3://{bucket}/",
+    ]
 
-Operator log: {stack.operator.log_path}
-Press Ctrl-C to stop.""",
+
+def up(workdir: Path) -> int:
+    with running_stack(workdir) as (stack, s3, receiver):
+        account = stack.add_account(
+            namespace=NAMESPACE, encrypted=True, callback_url=receiver.url()
+        )
+        say("the stack is up. In another terminal:")
+        print("", *(f"    {line}" for line in try_it(stack, s3, account, workdir)), sep="\n")
+        print(
+            f"\nOperator log: {stack.operator.log_path}\nPress Ctrl-C to stop.",
             flush=True,
         )
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        with suppress(KeyboardInterrupt):
-            stop.wait()
-    return 0
+        while True:
+            signal.pause()  # until Ctrl-C or SIGTERM (_interrupted raises)
+
+
+def _interrupted(signum: int, _frame: FrameType | None) -> None:
+    """SIGINT and SIGTERM: unwind, so the stack stops and the temporary folder goes."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,10 +253,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["demo", "up"])
     parser.add_argument("--workdir", type=Path, help="keep state here (default: a temp dir)")
     args = parser.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="voicevault-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return demo(workdir) if args.command == "demo" else up(workdir)
+    # SIGINT too: a shell starts background jobs with it ignored, and Ctrl-C must still work
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return demo(workdir) if args.command == "demo" else up(workdir)
+    except KeyboardInterrupt:
+        say("interrupted: stack stopped")
+        return 130
+    finally:
+        if args.workdir is None:  # ours: a temp folder of ~60 MB (etcd, logs, media)
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

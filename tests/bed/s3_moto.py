@@ -97,6 +97,11 @@ class MotoS3:
             if response.status != 200:
                 raise RuntimeError(f"moto reset-auth answered {response.status}")
 
+    @property
+    def admin_credentials(self) -> tuple[str, str]:
+        """Access key id and secret of the local admin (allowed everything; local only)."""
+        return self._admin_key, self._admin_secret
+
     def admin_client(self) -> S3Client:
         """S3 client with the admin credentials (allowed everything)."""
         return s3_client(self.endpoint_url, _IAM_REGION, self._admin_key, self._admin_secret)

@@ -322,7 +322,10 @@ def test_media_missing_on_the_node(live_stack: Stack) -> None:
     status = live_stack.wait_phase(ns, "ghost", *TERMINAL, timeout=60)["status"]
     assert status["phase"] == "Failed", status
     assert status["errorCode"] == 16111 and status["errorClass"] == "Fatal"
-    assert "not found" in status["errorMessage"], status
+    assert "media file '2026/11/ghost.wav' not found" in status["errorMessage"], status
+    assert str(live_stack.workdir) not in status["errorMessage"], "no host paths"
+    assert "nothing was deleted" in status["message"], "there was no local media to delete"
+    assert status["reason"] == "FatalError", status
     assert sibling.read_bytes() == b"keep me"
     assert other_ns.read_bytes() == b"keep me too"
     assert _bucket_keys(live_stack, account.s3) == []

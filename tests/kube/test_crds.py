@@ -142,13 +142,89 @@ def test_kubectl_get_shows_the_printer_columns(
     kubeconfig: Path, kube_api: Any, namespace: str
 ) -> None:
     create(kube_api, "recordings", namespace, samples.recording())
+    url = "https://recordings.s3.eu-west-1.amazonaws.com/calls/" + "x" * 120 + ".wav"
+    custom(kube_api).patch_namespaced_custom_object_status(
+        API_GROUP,
+        API_VERSION,
+        namespace,
+        "recordings",
+        "call-1",
+        {"status": {"phase": "Pending", "reason": "SettingNotReady", "mediaUrl": url}},
+    )
     out = kubectl(kubeconfig, "get", "recordings", "-n", namespace).stdout
     header = out.splitlines()[0].split()
-    assert header[:4] == ["NAME", "PHASE", "NODE", "ERROR"]
-    assert "URL" in header and "AGE" in header
-    assert "node-a" in out
-    wide = kubectl(kubeconfig, "get", "rec", "-n", namespace, "-o", "wide").stdout.splitlines()[0]
-    assert "SID" in wide and "ATTEMPTS" in wide
+    assert header == ["NAME", "PHASE", "REASON", "NODE", "ERROR", "AGE"], out
+    assert out.splitlines()[1].split()[:4] == ["call-1", "Pending", "SettingNotReady", "node-a"]
+    assert url not in out and max(len(line) for line in out.splitlines()) < 100, "narrow"
+    wide = kubectl(kubeconfig, "get", "rec", "-n", namespace, "-o", "wide").stdout
+    assert "SID" in wide and "ATTEMPTS" in wide and "MEDIA URL" in wide and url in wide
     assert "call-1" in kubectl(kubeconfig, "get", "voicevault", "-n", namespace).stdout, (
         "category works"
     )
+
+
+@pytest.mark.parametrize(
+    ("plural", "body", "shown"),
+    [
+        (
+            "voicestoragesettings",
+            samples.changed(samples.setting(), "metadata.name", "other"),
+            "got 'other'",
+        ),
+        (
+            "voicestoragesettings",
+            samples.changed(
+                samples.setting(),
+                "spec.externalStorage.objectKeyTemplate",
+                "{accountSid}/{callSid}.wav",
+            ),
+            "got '{accountSid}/{callSid}.wav'",
+        ),
+        (
+            "voicestoragesettings",
+            samples.changed(
+                samples.setting(), "spec.externalStorage.bucketUrl", "http://rec.s3.amazonaws.com/"
+            ),
+            "must use https unless endpointUrl is set, got 'http://rec.s3.amazonaws.com/'",
+        ),
+        (
+            "voicestoragesettings",
+            samples.changed(samples.setting(), "spec.encryption", {"publicKey": "just text"}),
+            "got 'just text'",
+        ),
+        (
+            "recordings",
+            samples.changed(samples.recording(), "spec.mediaPath", "a/../../b/secret.wav"),
+            "got 'a/../../b/secret.wav'",
+        ),
+    ],
+)
+def test_cel_errors_quote_the_value_not_its_type(
+    kube_api: Any, namespace: str, plural: str, body: dict[str, Any], shown: str
+) -> None:
+    assert shown in _rejected(kube_api, plural, namespace, body)
+
+
+def test_a_url_with_user_info_is_never_echoed(kube_api: Any, namespace: str) -> None:
+    url = "http://AKIAEXAMPLE:s3cr3t@rec.s3.amazonaws.com/"
+    body = samples.changed(samples.setting(), "spec.externalStorage.bucketUrl", url)
+    message = _rejected(kube_api, "voicestoragesettings", namespace, body)
+    assert "must use https" in message and "s3cr3t" not in message
+
+
+def test_a_garbage_url_gets_one_accurate_message(kube_api: Any, namespace: str) -> None:
+    body = samples.changed(samples.setting(), "spec.externalStorage.bucketUrl", "not a url")
+    message = _rejected(kube_api, "voicestoragesettings", namespace, body)
+    assert "spec.externalStorage.bucketUrl" in message and "not a url" in message
+    assert "https" not in message.replace("^https?://", ""), message
+
+
+def test_kubectl_explain_documents_nested_fields(kubeconfig: Path) -> None:
+    for field, words in [
+        ("recordings.spec.callSid", "SID of the call"),
+        ("recordings.status.nextRetryTime", "next attempt"),
+        ("recordings.status.conditions.reason", "CamelCase"),
+        ("voicestoragesettings.status.observedGeneration", "generation"),
+    ]:
+        out = kubectl(kubeconfig, "explain", field, "--api-version", f"{API_GROUP}/{API_VERSION}")
+        assert words in out.stdout, out.stdout

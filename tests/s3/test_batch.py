@@ -48,6 +48,7 @@ class Reporter:
     completed: list[tuple[str, UploadResult]] = field(default_factory=list)
     failed: list[tuple[str, UploadError]] = field(default_factory=list)
     progressed: list[tuple[str, int, int]] = field(default_factory=list)  # name, sent, total
+    media_deleted: list[bool] = field(default_factory=list)  # one per failed report
 
     def progress(self, item: BatchItem, sent: int, total: int) -> bool:
         self.progressed.append((item.name, sent, total))
@@ -57,8 +58,9 @@ class Reporter:
         self.completed.append((item.name, result))
         return self.accept
 
-    def failed_(self, item: BatchItem, error: UploadError) -> bool:
+    def failed_(self, item: BatchItem, error: UploadError, media_deleted: bool) -> bool:
         self.failed.append((item.name, error))
+        self.media_deleted.append(media_deleted)
         return self.accept
 
 
@@ -72,8 +74,8 @@ class _Adapter:
     def completed(self, item: BatchItem, result: UploadResult) -> bool:
         return self.r.completed_(item, result)
 
-    def failed(self, item: BatchItem, error: UploadError) -> bool:
-        return self.r.failed_(item, error)
+    def failed(self, item: BatchItem, error: UploadError, media_deleted: bool) -> bool:
+        return self.r.failed_(item, error, media_deleted)
 
 
 def _item(
@@ -175,6 +177,7 @@ def test_fatal_deletes_media_at_once(s3_account: S3Account, tmp_path: Path) -> N
     assert result is not None and result.kind == "fatal" and result.error_code == 16112
     assert not media.exists(), "fatal: deleted immediately (the seed's rule)"
     assert reporter.failed and reporter.failed[0][1].code == 16112
+    assert reporter.media_deleted == [True]
     assert "w" * 40 not in result.message
 
 
@@ -225,11 +228,17 @@ def test_path_outside_the_namespace_folder_is_refused_and_nothing_deleted(
     assert other.exists()
 
 
-def test_missing_media_is_reported(s3_account: S3Account, tmp_path: Path) -> None:
+def test_missing_media_is_reported_with_its_path_and_nothing_deleted(
+    s3_account: S3Account, tmp_path: Path
+) -> None:
     (tmp_path / NAMESPACE).mkdir()
-    outcome = _run(s3_account, tmp_path, [_item(s3_account, "gone", "gone.wav")], Reporter())
+    reporter = Reporter()
+    outcome = _run(s3_account, tmp_path, [_item(s3_account, "gone", "2026/11/gone.wav")], reporter)
     result = outcome.results[0]
-    assert result is not None and result.kind == "fatal" and "not found" in result.message
+    assert result is not None and result.kind == "fatal"
+    assert "media file '2026/11/gone.wav' not found" in result.message
+    assert str(tmp_path) not in result.message, "no host path beyond the account's folder"
+    assert reporter.media_deleted == [False], "there was nothing to delete"
 
 
 def test_purge_aborts_open_upload_and_removes_media(

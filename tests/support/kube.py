@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -25,10 +26,22 @@ def kubectl(
     check: bool = True,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real kubectl against the test apiserver."""
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    """Run the real kubectl against the test apiserver.
+
+    Its discovery cache sits next to the kubeconfig: one written here before the CRDs
+    were served must never reach a person's ~/.kube/cache (kubectl trusts it for hours).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBECACHEDIR")}
+    cache = kubeconfig.parent / "kubectl-cache"
     proc = subprocess.run(
-        [str(binaries.kubectl()), "--kubeconfig", str(kubeconfig), *args],
+        [
+            str(binaries.kubectl()),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--cache-dir",
+            str(cache),
+            *args,
+        ],
         input=input_text,
         capture_output=True,
         text=True,
@@ -91,6 +104,16 @@ def apply_crds(kubeconfig: Path) -> None:
             f"crd/{crd}.{API_GROUP}",
             "--timeout=60s",
         )
+    wait_for(lambda: _discovery_serves_crds(kubeconfig), what="discovery to serve the CRDs")
+
+
+def _discovery_serves_crds(kubeconfig: Path) -> bool:
+    """Established is not yet served: discovery lags it, and kubectl caches what it saw."""
+    raw = kubectl(kubeconfig, "get", "--raw", f"/apis/{API_GROUP}/{API_VERSION}", check=False)
+    if raw.returncode != 0:
+        return False
+    served = {r["name"] for r in json.loads(raw.stdout).get("resources", [])}
+    return {"awscredentials", "voicestoragesettings", "recordings"} <= served
 
 
 def phases(api: Any, namespace: str, names: Sequence[str]) -> dict[str, str | None]:

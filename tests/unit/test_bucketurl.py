@@ -439,6 +439,26 @@ def test_userinfo_error_does_not_echo_the_secret() -> None:
     assert "AKIAXYZ" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "kwargs", "quoted"),
+    [
+        pytest.param("https://My_Bucket.s3.amazonaws.com/", {}, "'My_Bucket'", id="virtual"),
+        pytest.param("https://s3.amazonaws.com/My_Bucket/", {}, "'My_Bucket'", id="path"),
+        pytest.param("https://Ab.S3.US-EAST-1.AMAZONAWS.COM/", {}, "'Ab'", id="too-short"),
+        pytest.param(
+            "http://My_Bkt.MinIO:9000/", {"endpoint_url": "http://minio:9000"}, "'My_Bkt'", id="ep"
+        ),
+        pytest.param("https://Storage.GoogleAPIs.com/b", {}, "'Storage.GoogleAPIs.com'", id="host"),
+    ],
+)
+def test_errors_quote_the_value_as_the_user_wrote_it(
+    url: str, kwargs: dict[str, str], quoted: str
+) -> None:
+    with pytest.raises(BucketUrlError) as info:
+        parse_bucket_url(url, **kwargs)
+    assert quoted in str(info.value)
+
+
 def test_bucket_url_error_is_a_value_error() -> None:
     assert issubclass(BucketUrlError, ValueError)
 

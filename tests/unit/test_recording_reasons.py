@@ -1,0 +1,57 @@
+"""status.reason (the REASON column): every phase write says why, or clears a stale why."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.unit.test_recording_rules import NOW, _accepted, _rec, _setting
+from voicevault.operator.recordings import fatal_failure, reconcile, requeued, transient_failure
+from voicevault.operator.settings import SettingView
+from voicevault.uploader.errors import ErrorCode, fatal
+from voicevault.uploader.recordingstatus import completed_patch, failed_patch, progress_patch
+from voicevault.uploader.transfer import UploadResult
+
+NOT_READY = SettingView("acct", 1, None, None, None, False, "CredentialNotReady", "no Secret")
+
+
+def _reason(setting: SettingView | None, **rec: object) -> tuple[str, str | None]:
+    decision = reconcile(_rec(**rec), setting, NOW)  # type: ignore[arg-type]
+    assert decision.status is not None and "reason" in decision.status
+    return decision.status["phase"], decision.status["reason"]
+
+
+def test_pending_and_cached_say_why() -> None:
+    assert _reason(_setting()) == ("Pending", "Queued")
+    assert _reason(NOT_READY) == ("Pending", "SettingNotReady")
+    assert _reason(NOT_READY, created=NOW - timedelta(hours=3)) == ("Cached", "SettingNotReady")
+    assert requeued("pod stopped")["reason"] == "Requeued"
+    rec = _rec(_accepted() | {"attempts": 12})
+    assert rec.snapshot is not None
+    retrying, _ = transient_failure(
+        rec.status, rec.snapshot, code=16111, message="x", now=NOW, node="n", jitter=0.0
+    )
+    cached, _ = transient_failure(
+        rec.status | {"firstFailureTime": "2026-11-25T09:00:00Z"},
+        rec.snapshot,
+        code=16111,
+        message="x",
+        now=NOW,
+        node="n",
+    )
+    assert (retrying["phase"], retrying["reason"]) == ("Retrying", "TransientError")
+    assert (cached["phase"], cached["reason"]) == ("Cached", "RetryWindowOver")
+
+
+def test_local_and_failed_say_why() -> None:
+    assert _reason(None) == ("Local", "NoSetting")
+    assert _reason(_setting(enabled=False)) == ("Local", "ExternalStorageOff")
+    patch, _ = fatal_failure({}, code=16112, message="denied", now=NOW)
+    assert patch["reason"] == "FatalError"
+    error = fatal(ErrorCode.ACCESS_DENIED, "denied")
+    assert failed_patch(error, {}, "t", media_deleted=True)["reason"] == "FatalError"
+
+
+def test_phases_that_speak_for_themselves_clear_a_stale_reason() -> None:
+    result = UploadResult(media_url="u", key="k", size=1, source_size=1, encryption=None)
+    assert completed_patch(result, {}, "t")["reason"] is None
+    assert progress_patch(1, 2, {}, "t")["reason"] is None
