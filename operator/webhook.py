@@ -103,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
                 extra={
                     "kind": kind,
                     "namespace": request.get("namespace"),
-                    "name": request.get("name"),
+                    "object": request.get("name"),
                     "operation": request.get("operation"),
                     "reason": response["status"]["message"],
                 },
@@ -154,6 +154,7 @@ class CertKeeper:
         self.tls = tls
         self.core = k8s.CoreV1Api(api_client)
         self.admission = k8s.AdmissionregistrationV1Api(api_client)
+        self._last: dict[str, bytes] = {}  # what was last served: restores a deleted Secret
         hosts = webhookcert.service_hosts(config.service, config.namespace) + config.extra_hosts
         self.policy = webhookcert.CertPolicy(
             hosts=tuple(dict.fromkeys(hosts)),
@@ -164,10 +165,15 @@ class CertKeeper:
         """One look: renew if due, then make the caBundle and the server agree with it."""
         secret = self._read_secret()
         data = _decoded(secret.data if secret is not None else None)
+        if secret is None and self.config.manage_cert:
+            data = dict(self._last)  # deleted: put the CA the API server trusts back
         if self.config.manage_cert:
             plan = webhookcert.plan(data, self.policy, now or datetime.now(UTC))
             if plan.changed:
                 log.info("webhook certificate renewed", extra={"reason": plan.reason})
+            elif secret is None:
+                log.info("webhook certificate Secret restored", extra={"reason": "it was deleted"})
+            if plan.changed or secret is None:
                 self._write_secret(secret, plan.data)
             data = plan.data
             self._patch_ca_bundle(webhookcert.ca_bundle(data))
@@ -177,6 +183,7 @@ class CertKeeper:
                 f"Secret {self.config.namespace}/{self.config.cert_secret} has no "
                 f"{webhookcert.TLS_CERT} and {webhookcert.TLS_KEY} yet"
             )
+        self._last = dict(data)
         if cert != self.tls.cert:
             self.tls.load(cert, key)
             expiry = webhookcert.not_after(cert)

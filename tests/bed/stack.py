@@ -53,13 +53,20 @@ class OperatorProcess:
     """`voicevault operator` as a real process with its own identity and ports."""
 
     def __init__(
-        self, kubeconfig: Path, workdir: Path, extra_args: list[str] | None = None
+        self,
+        kubeconfig: Path,
+        workdir: Path,
+        extra_args: list[str] | None = None,
+        *,
+        webhook: bool = False,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.workdir = workdir
         self.extra_args = list(extra_args or [])
         self.metrics_port = free_port()
         self.health_port = free_port()
+        self.webhook = webhook
+        self.webhook_port = free_port()
         self.process: ManagedProcess | None = None
         self.starts = 0
 
@@ -99,8 +106,22 @@ class OperatorProcess:
             "127.0.0.1",
             "--log-format",
             "json",
+            *(self.webhook_args() if self.webhook else ["--no-webhook"]),
             *self.extra_args,
         ]
+
+    def webhook_args(self) -> list[str]:
+        """Served on loopback, called by URL; the certificate names 127.0.0.1."""
+        return [
+            f"--webhook-port={self.webhook_port}",
+            "--webhook-bind-address=127.0.0.1",
+            "--webhook-host=127.0.0.1",
+            "--webhook-cert-check-interval=1",
+        ]
+
+    @property
+    def webhook_url(self) -> str:
+        return f"https://127.0.0.1:{self.webhook_port}"
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
@@ -147,6 +168,8 @@ class Stack:
         workdir: Path,
         nodes: tuple[str, ...] = ("node-a", "node-b"),
         operator_args: list[str] | None = None,
+        *,
+        webhook: bool = False,
     ) -> None:
         self.cp = control_plane
         self.s3 = s3
@@ -161,6 +184,7 @@ class Stack:
             ),
             workdir,
             operator_args,
+            webhook=webhook,
         )
         self.kubelet = FakeKubelet(control_plane.admin_kubeconfig, workdir / "kubelet", list(nodes))
         # every secret value this stack handed out, for the leak scans
@@ -173,6 +197,8 @@ class Stack:
         self._install_rbac()
         self.kubelet.start()
         self.operator.start()
+        if self.operator.webhook:
+            self.wait_webhook()
         return self
 
     def stop(self) -> None:
@@ -183,6 +209,16 @@ class Stack:
     def _install_rbac(self) -> None:
         self._ensure_namespace(
             SYSTEM_NAMESPACE, {"pod-security.kubernetes.io/enforce": "privileged"}
+        )
+        webhook_files = (
+            [
+                "--show-only",
+                "templates/webhook.yaml",
+                "--set",
+                f"webhook.url={self.operator.webhook_url}",
+            ]
+            if self.operator.webhook
+            else []
         )
         rendered = subprocess.run(
             [
@@ -196,12 +232,48 @@ class Stack:
                 "templates/rbac-operator.yaml",
                 "--show-only",
                 "templates/rbac-uploader.yaml",
+                *webhook_files,
             ],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
         kubectl(self.cp.admin_kubeconfig, "apply", "-f", "-", input_text=rendered)
+
+    def wait_webhook(self, timeout: float = 30) -> None:
+        """Until the API server calls the webhook with the operator's CA: a dry run refused."""
+        probe = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": "VoiceStorageSetting",
+            "metadata": {"name": "default"},
+            "spec": {
+                "externalStorage": {
+                    "bucketUrl": "https://not-aws.example/probe",
+                    "credentialRef": {"name": "probe"},
+                }
+            },
+        }
+        seen: list[str] = []
+
+        def refused_by_it() -> bool:
+            try:
+                self.custom.create_namespaced_custom_object(
+                    API_GROUP,
+                    API_VERSION,
+                    SYSTEM_NAMESPACE,
+                    "voicestoragesettings",
+                    probe,
+                    dry_run="All",
+                )
+            except k8s.ApiException as exc:
+                seen[:] = [str(exc.body)[:300]]
+                return exc.status == 422 and "is not an AWS S3 host" in str(exc.body)
+            return False
+
+        try:
+            wait_for(refused_by_it, timeout=timeout, what="the admission webhook to answer")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last answer: {seen}") from None
 
     def _ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         try:
