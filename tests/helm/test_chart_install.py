@@ -43,7 +43,7 @@ CRDS = [
     f"{plural}.{API_GROUP}" for plural in ("awscredentials", "voicestoragesettings", "recordings")
 ]
 NAMESPACED_KINDS = "serviceaccounts,services,deployments,roles,rolebindings,secrets,configmaps,pods"
-CLUSTER_KINDS = "clusterroles,clusterrolebindings,namespaces"
+CLUSTER_KINDS = "clusterroles,clusterrolebindings,namespaces,validatingwebhookconfigurations"
 
 
 @dataclass
@@ -145,10 +145,13 @@ def test_install_creates_the_release_objects(kubeconfig: Path, release: Release)
             f"deployment.apps/{full}",
             f"namespace/{release.uploader_namespace}",
             f"role.rbac.authorization.k8s.io/{full}-operator-uploads",
+            f"role.rbac.authorization.k8s.io/{full}-operator-webhook",
             f"rolebinding.rbac.authorization.k8s.io/{full}-operator-uploads",
+            f"rolebinding.rbac.authorization.k8s.io/{full}-operator-webhook",
             f"service/{full}",
             f"serviceaccount/{full}-operator",
             f"serviceaccount/{full}-uploader",
+            f"validatingwebhookconfiguration.admissionregistration.k8s.io/{full}",
         ]
     )
     namespace = json.loads(
@@ -213,6 +216,12 @@ OPERATOR_CAN = [
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", "", True),  # kopf's observer
     ("update", "customresourcedefinitions.apiextensions.k8s.io", "", False),
     ("list", "namespaces", "", False),
+    # the webhook: its own configuration and certificate Secret, by name (test below)
+    ("list", "validatingwebhookconfigurations.admissionregistration.k8s.io", "", False),
+    ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", "", False),
+    ("create", "secrets", "RELEASE", True),  # the certificate Secret, the first time
+    ("get", "secrets", "RELEASE", True),
+    ("update", "secrets", "RELEASE", False),
 ]
 UPLOADER_CAN = [
     ("patch", "recordings.voicevault.io/status", "acct-a", True),
@@ -265,6 +274,36 @@ def test_operator_rbac(
 ) -> None:
     user = release.user("operator")
     assert can_i(kubeconfig, user, verb, resource, _where(release, namespace)) is allowed
+
+
+@pytest.mark.parametrize(
+    ("verb", "kind", "name", "namespace", "allowed"),
+    [
+        ("get", "validatingwebhookconfigurations", "RELEASE", "", True),
+        ("patch", "validatingwebhookconfigurations", "RELEASE", "", True),
+        ("patch", "validatingwebhookconfigurations", "someone-elses", "", False),
+        ("delete", "validatingwebhookconfigurations", "RELEASE", "", False),
+        ("update", "secrets", "RELEASE-webhook-cert", "RELEASE", True),
+        ("update", "secrets", "another", "RELEASE", False),
+        ("update", "secrets", "RELEASE-webhook-cert", "acct-a", False),
+        ("delete", "secrets", "RELEASE-webhook-cert", "RELEASE", False),
+    ],
+)
+def test_operator_webhook_rbac_names_its_own_objects(
+    kubeconfig: Path,
+    release: Release,
+    verb: str,
+    kind: str,
+    name: str,
+    namespace: str,
+    allowed: bool,
+) -> None:
+    name = name.replace("RELEASE", release.fullname)
+    args = ["auth", "can-i", verb, f"{kind}/{name}", f"--as={release.user('operator')}"]
+    if namespace:
+        args += ["--namespace", _where(release, namespace)]
+    answer = kubectl(kubeconfig, *args, check=False).stdout.strip()
+    assert answer == ("yes" if allowed else "no")
 
 
 @pytest.mark.parametrize(
@@ -424,7 +463,13 @@ def test_helm_test_check_passes_against_the_operator(
             release.uploader_namespace,
             "--uploader-service-account",
             f"{release.fullname}-uploader",
+            # the webhook as the chart's Deployment configures it
+            f"--webhook-namespace={release.namespace}",
+            f"--webhook-configuration={release.fullname}",
+            f"--webhook-service={release.fullname}",
+            f"--webhook-cert-secret={release.fullname}-webhook-cert",
         ],
+        webhook=True,
     )
     operator.start()
     try:
@@ -474,6 +519,25 @@ def test_helm_test_check_passes_against_the_operator(
         assert missing.returncode != 0
         assert "not served by the API server" in missing.stderr
         assert operator.alive
+
+        # the chart's RBAC is enough for the webhook too: its Secret made, its caBundle set
+        def patched() -> bool:
+            config = json.loads(
+                kubectl(
+                    kubeconfig,
+                    "get",
+                    "validatingwebhookconfiguration",
+                    release.fullname,
+                    "-o",
+                    "json",
+                ).stdout
+            )
+            return all(h["clientConfig"].get("caBundle") for h in config["webhooks"])
+
+        wait_for(patched, timeout=30, what="the operator to patch its caBundle")
+        kubectl(
+            kubeconfig, "get", "secret", f"{release.fullname}-webhook-cert", "-n", release.namespace
+        )
         forbidden = [line for line in operator.log().splitlines() if "Forbidden" in line]
         assert not forbidden, forbidden[:3]
     finally:
