@@ -26,7 +26,7 @@ from tests.bed.controlplane import ControlPlane
 from tests.bed.s3_moto import MotoS3
 from tests.bed.stack import ACCOUNT_SID, RELEASE, SYSTEM_NAMESPACE, Stack
 from tests.support.keys import key_pair
-from tests.support.kube import kubectl, wait_for
+from tests.support.kube import as_dict, kubectl, wait_for
 from voicevault import API_GROUP, API_VERSION
 from voicevault.operator import webhookcert
 
@@ -138,8 +138,10 @@ def test_kubectl_apply_refuses_a_bad_setting_with_the_parsers_message(
     assert SETTING_HOOK in out.stderr, out.stderr
     for text in said:
         assert text in out.stderr, out.stderr
-    stored: dict[str, Any] = live.custom.list_namespaced_custom_object(
-        API_GROUP, API_VERSION, namespace, "voicestoragesettings"
+    stored = as_dict(
+        live.custom.list_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "voicestoragesettings"
+        )
     )
     assert stored["items"] == [], "nothing was stored"
 

@@ -59,6 +59,10 @@ def _rsa_1024_pem() -> str:
     return key_pair(1024).public_pem.decode()
 
 
+def _private_pem() -> str:
+    return key_pair().private_pem.decode()
+
+
 def _ec_pem() -> str:
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
     return key.public_bytes(
@@ -136,9 +140,7 @@ def test_a_password_in_the_bucket_url_is_not_echoed() -> None:
         ),
         pytest.param(lambda: "ssh-rsa AAAAB3Nza me@host", "is not PEM", None, id="not-pem"),
         pytest.param(_ec_pem, "is not RSA", "PUBLIC KEY", id="ec-key"),
-        pytest.param(
-            lambda: key_pair().private_pem.decode(), "got a private key", None, id="private"
-        ),
+        pytest.param(_private_pem, "got a private key", None, id="private"),
     ],
 )
 def test_an_unusable_public_key_is_refused(make_pem: Any, why: str, block: str | None) -> None:
