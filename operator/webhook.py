@@ -74,7 +74,8 @@ class ReloadingContext:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "voicevault-webhook"
-    timeout = 10  # per connection: a stalled client never holds a thread
+    protocol_version = "HTTP/1.1"  # keep-alive: the API server reuses its connections
+    timeout = 10  # per connection: an idle or stalled client never holds a thread long
 
     def do_POST(self) -> None:
         if self.path.split("?", 1)[0] != PATH:
@@ -116,6 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
+        if status != HTTPStatus.OK:
+            self.send_header("Connection", "close")  # an unread body is no next request
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -125,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("webhook http: " + format, *args)
 
 
-class _Server(ThreadingHTTPServer):
+class AdmissionServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], tls: ReloadingContext) -> None:
@@ -248,7 +251,7 @@ class Webhook:
         self.tls = ReloadingContext()
         self.keeper = CertKeeper(api_client, config, tls=self.tls)
         self._stop = threading.Event()
-        self._server: _Server | None = None
+        self._server: AdmissionServer | None = None
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -277,7 +280,15 @@ class Webhook:
             log.warning("webhook certificate not reconciled", extra={"reason": reason})
             ok = False
         if self._server is None and self.tls.cert:
-            self._server = _Server((self.config.bind_address, self.config.port), self.tls)
+            address = (self.config.bind_address, self.config.port)
+            try:
+                self._server = AdmissionServer(address, self.tls)
+            except OSError as exc:
+                log.error(
+                    "webhook cannot listen",
+                    extra={"address": f"{address[0]}:{address[1]}", "reason": exc.strerror},
+                )
+                return False
             serve = threading.Thread(
                 target=self._server.serve_forever, name="webhook-http", daemon=True
             )
