@@ -352,3 +352,65 @@ def test_a_deleted_certificate_secret_is_restored_with_the_same_ca(live: Stack) 
     namespace = fresh_namespace(live)
     out = apply(live, setting(namespace, {"bucketUrl": "https://minio.example.net/x"}))
     assert SETTING_HOOK in out.stderr, out.stderr
+
+
+def test_a_ca_near_its_end_is_rotated_without_a_failed_call(live: Stack) -> None:
+    """Trust both, then serve from the new CA: the API server never sees an unknown one.
+
+    Set up while the operator is down: a CA `X` with ten days left (under the 30 days
+    of renewal) in the Secret, and trusted by the configuration beside the one in use.
+    """
+    hosts = (*webhookcert.service_hosts(RELEASE, SYSTEM_NAMESPACE), "127.0.0.1")
+    short = webhookcert.CertPolicy(
+        hosts=hosts, ca_validity=timedelta(days=10), cert_validity=timedelta(days=10)
+    )
+    ending = webhookcert.plan(None, short, datetime.now(UTC)).data
+    (ca_x,) = x509.load_pem_x509_certificates(ending[webhookcert.CA_CERT])
+    in_use = _secret_data(live)[webhookcert.CA_CERT]
+    admission_api = k8s.AdmissionregistrationV1Api(live.api)
+    extra = list(live.operator.extra_args)
+    live.operator.kill()
+    try:
+        trusted = base64.b64encode(ending[webhookcert.CA_CERT] + in_use).decode()
+        admission_api.patch_validating_webhook_configuration(
+            RELEASE,
+            {
+                "webhooks": [
+                    {"name": h["name"], "clientConfig": {"caBundle": trusted}}
+                    for h in _configuration(live)["webhooks"]
+                ]
+            },
+        )
+        secret = live.core.read_namespaced_secret(CERT_SECRET, SYSTEM_NAMESPACE)
+        secret.data = {k: base64.b64encode(v).decode() for k, v in ending.items()}
+        live.core.replace_namespaced_secret(CERT_SECRET, SYSTEM_NAMESPACE, secret)
+        # a slower second step, so that the probes below watch it happen
+        live.operator.extra_args = [*extra, "--webhook-cert-check-interval=4"]
+        live.operator.start()
+        namespace = fresh_namespace(live)
+        answers: list[str] = []
+
+        def rotated() -> bool:
+            probe = apply(live, setting(namespace, {"bucketUrl": "https://minio.example.net/x"}))
+            answers.append(probe.stderr)
+            bundle = x509.load_pem_x509_certificates(_secret_data(live)[webhookcert.CA_CERT])
+            if len(bundle) != 2 or bundle[0] == ca_x or bundle[1] != ca_x:
+                return False
+            try:
+                _served_cert(live).verify_directly_issued_by(bundle[0])
+            except Exception:
+                return False
+            return True
+
+        wait_for(rotated, timeout=40, interval=0.3, what="the CA to be rotated")
+        assert all(SETTING_HOOK in a for a in answers), [
+            a for a in answers if SETTING_HOOK not in a
+        ]
+        log = live.operator.log()
+        assert "a new CA, trusted beside it" in log
+        assert "not signed by the current CA" in log
+    finally:
+        live.operator.kill()
+        live.operator.extra_args = extra
+        live.operator.start()
+        live.wait_webhook()
