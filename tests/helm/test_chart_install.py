@@ -135,6 +135,8 @@ def test_install_creates_the_release_objects(kubeconfig: Path, release: Release)
     assert f"namespace {release.uploader_namespace}" in notes
     assert f"helm test {release.name}" in notes
     assert "VoiceStorageSetting" in notes
+    assert f"validatingwebhookconfiguration/{release.fullname} refuses" in notes
+    assert "recordings are never matched" in notes
     full = release.fullname
     assert release_objects(kubeconfig, release.name) == sorted(
         [
