@@ -158,6 +158,7 @@ class CertKeeper:
         self.core = k8s.CoreV1Api(api_client)
         self.admission = k8s.AdmissionregistrationV1Api(api_client)
         self._last: dict[str, bytes] = {}  # what was last served: restores a deleted Secret
+        self._missing_logged = False
         hosts = webhookcert.service_hosts(config.service, config.namespace) + config.extra_hosts
         self.policy = webhookcert.CertPolicy(
             hosts=tuple(dict.fromkeys(hosts)),
@@ -227,7 +228,20 @@ class CertKeeper:
 
     def _patch_ca_bundle(self, bundle: bytes) -> None:
         wanted = base64.b64encode(bundle).decode()
-        config = self.admission.read_validating_webhook_configuration(self.config.configuration)
+        try:
+            config = self.admission.read_validating_webhook_configuration(self.config.configuration)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            # nobody calls a webhook that is not registered: serving is harmless
+            if not self._missing_logged:
+                log.warning(
+                    "webhook configuration not found; nothing to patch",
+                    extra={"configuration": self.config.configuration},
+                )
+                self._missing_logged = True
+            return
+        self._missing_logged = False
         stale = [
             hook.name for hook in config.webhooks or [] if hook.client_config.ca_bundle != wanted
         ]
