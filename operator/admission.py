@@ -50,17 +50,17 @@ class Decision:
 
 def decide(request: dict[str, Any]) -> Decision:
     """Judge one AdmissionReview `request` (CREATE or UPDATE of a setting or credential)."""
-    kind = (request.get("kind") or {}).get("kind")
+    kind = _mapping(request.get("kind")).get("kind")
     if kind not in JUDGED_KINDS or request.get("operation") not in ("CREATE", "UPDATE"):
         return Decision()  # not ours to judge: never refuse what we do not know
-    obj = request.get("object") or {}
+    obj = _mapping(request.get("object"))
     spec = obj.get("spec")
-    old = request.get("oldObject") or {}
+    old = _mapping(request.get("oldObject"))
     if request.get("operation") == "UPDATE" and spec == old.get("spec"):
         # labels, annotations, finalizers: never blocked, even on an object that predates
         # the webhook and would not pass it
         return Decision()
-    namespace = str(request.get("namespace") or (obj.get("metadata") or {}).get("namespace"))
+    namespace = str(request.get("namespace") or _mapping(obj.get("metadata")).get("namespace"))
     if not isinstance(spec, dict):
         return Decision(("spec is required",))
     if kind == voicestoragesetting.KIND:
@@ -70,7 +70,7 @@ def decide(request: dict[str, Any]) -> Decision:
 
 def review_response(review: dict[str, Any]) -> dict[str, Any]:
     """The AdmissionReview to send back for `review` (same uid, v1)."""
-    request = review.get("request") or {}
+    request = _mapping(review.get("request"))
     decision = decide(request)
     response: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": decision.allowed}
     if not decision.allowed:
@@ -80,6 +80,23 @@ def review_response(review: dict[str, Any]) -> dict[str, Any]:
             "message": decision.message,
         }
     return {"apiVersion": ADMISSION_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def summary(review: dict[str, Any]) -> dict[str, str]:
+    """What to log and count about a review: its kind (a bounded label) and object."""
+    request = _mapping(review.get("request"))
+    kind = _mapping(request.get("kind")).get("kind")
+    return {
+        "kind": kind if kind in JUDGED_KINDS else "other",
+        "namespace": str(request.get("namespace") or ""),
+        "object": str(request.get("name") or ""),
+        "operation": str(request.get("operation") or ""),
+    }
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    """A JSON object of the review, or an empty one for anything else (hostile input)."""
+    return value if isinstance(value, dict) else {}
 
 
 # --- VoiceStorageSetting ------------------------------------------------------------------

@@ -92,22 +92,20 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._reply(HTTPStatus.BAD_REQUEST, {"error": "expected an AdmissionReview"})
             return
-        answer = admission.review_response(review)
+        try:
+            answer = admission.review_response(review)
+        except Exception:  # a bug, not the user's mistake: fail closed, as the policy does
+            log.exception("webhook could not judge a review")
+            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+            return
         response = answer["response"]
-        request = review.get("request") or {}
-        kind = str((request.get("kind") or {}).get("kind", ""))
-        kind = kind if kind in admission.JUDGED_KINDS else "other"  # a bounded label
-        metrics.WEBHOOK_REVIEWS.labels(kind=kind, allowed=str(response["allowed"]).lower()).inc()
+        about = admission.summary(review)
+        metrics.WEBHOOK_REVIEWS.labels(
+            kind=about["kind"], allowed=str(response["allowed"]).lower()
+        ).inc()
         if not response["allowed"]:
             log.info(
-                "refused at admission",
-                extra={
-                    "kind": kind,
-                    "namespace": request.get("namespace"),
-                    "object": request.get("name"),
-                    "operation": request.get("operation"),
-                    "reason": response["status"]["message"],
-                },
+                "refused at admission", extra=about | {"reason": response["status"]["message"]}
             )
         self._reply(HTTPStatus.OK, answer)
 

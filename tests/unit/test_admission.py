@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.keys import key_pair
-from voicevault.operator.admission import decide, review_response
+from voicevault.operator.admission import decide, review_response, summary
 
 NS = "acme"
 GOOD_URL = "https://calls-acme.s3.eu-west-1.amazonaws.com/recordings"
@@ -260,3 +260,51 @@ def test_review_response_is_admission_v1_with_the_request_uid() -> None:
     assert "is not an AWS S3 host" in response["status"]["message"]
     ok = review_response({"request": request(setting())})["response"]
     assert ok == {"uid": bad["uid"], "allowed": True}
+
+
+@pytest.mark.parametrize(
+    "review",
+    [
+        pytest.param({"request": "not an object"}, id="request-string"),
+        pytest.param(
+            {"request": {"kind": "VoiceStorageSetting", "operation": "CREATE"}}, id="kind"
+        ),
+        pytest.param(
+            {
+                "request": {
+                    "kind": {"kind": "VoiceStorageSetting"},
+                    "operation": "CREATE",
+                    "object": ["a", "list"],
+                }
+            },
+            id="object-list",
+        ),
+        pytest.param(
+            {
+                "request": {
+                    "kind": {"kind": "AwsCredential"},
+                    "operation": "UPDATE",
+                    "object": {"metadata": "x", "spec": {"secretRef": 7}},
+                    "oldObject": 3,
+                }
+            },
+            id="spec-wrong-types",
+        ),
+    ],
+)
+def test_hostile_reviews_get_an_answer_not_a_crash(review: dict[str, Any]) -> None:
+    answer = review_response(review)
+    assert answer["kind"] == "AdmissionReview"
+    assert isinstance(answer["response"]["allowed"], bool)
+    summary(review)  # what the server logs and counts works on it too
+
+
+def test_summary_bounds_the_kind_label() -> None:
+    req = request(setting())
+    assert summary({"request": req}) == {
+        "kind": "VoiceStorageSetting",
+        "namespace": NS,
+        "object": "default",
+        "operation": "CREATE",
+    }
+    assert summary({"request": {"kind": {"kind": "x" * 500}}})["kind"] == "other"
