@@ -130,11 +130,31 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class AdmissionServer(ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` at once (more wait to be
+    accepted): anyone who can reach the port can connect, not only the API server."""
+
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], tls: ReloadingContext) -> None:
+    def __init__(
+        self, address: tuple[str, int], tls: ReloadingContext, max_connections: int = 64
+    ) -> None:
         self.tls = tls
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = self.socket.accept()

@@ -40,7 +40,9 @@ def _post(
     server: AdmissionServer, ca: Path, body: bytes, path: str = "/validate"
 ) -> tuple[int, dict[str, Any]]:
     context = ssl.create_default_context(cafile=str(ca))  # verifies the IP SAN too
-    conn = http.client.HTTPSConnection("127.0.0.1", server.server_address[1], context=context)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", server.server_address[1], context=context, timeout=10
+    )
     try:
         conn.request("POST", path, body, {"Content-Type": "application/json"})
         response = conn.getresponse()
@@ -112,3 +114,25 @@ def test_a_new_certificate_is_served_from_the_next_connection(
     after = _served_cert(server)
     assert after != before
     assert after == x509.load_pem_x509_certificate(renewed.data[webhookcert.TLS_CERT])
+
+
+def test_connection_slots_are_given_back(tmp_path: Path) -> None:
+    """One slot: every request, and a client that connected and left, gives it back."""
+    issued = webhookcert.plan(None, POLICY, datetime.now(UTC))
+    tls = ReloadingContext()
+    tls.load(issued.data[webhookcert.TLS_CERT], issued.data[webhookcert.TLS_KEY])
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(issued.data[webhookcert.CA_CERT])
+    server = AdmissionServer(("127.0.0.1", 0), tls, max_connections=1)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for _ in range(3):
+            assert _post(server, ca, b'{"request": {}}')[0] == 200
+        idle = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5)
+        idle.close()  # no handshake at all
+        assert _post(server, ca, b"{}")[0] == 200
+        assert _post(server, ca, b"{broken", "/validate")[0] == 400
+        assert _post(server, ca, b"{}")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
