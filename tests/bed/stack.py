@@ -267,7 +267,7 @@ class Stack:
                 )
             except k8s.ApiException as exc:
                 seen[:] = [str(exc.body)[:300]]
-                return exc.status == 422 and "is not an AWS S3 host" in str(exc.body)
+                return exc.status == 422 and "denied the request" in str(exc.body)
             return False
 
         try:
