@@ -11,7 +11,7 @@ import socket
 from typing import Any
 
 from voicevault import logs
-from voicevault.operator.config import OperatorConfig, UploaderPodConfig
+from voicevault.operator.config import OperatorConfig, UploaderPodConfig, WebhookConfig
 from voicevault.operator.leaselock import LeaseTiming
 
 log = logging.getLogger("voicevault.operator")
@@ -200,6 +200,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     other.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", "8080"))
     other.add_argument("--health-port", type=int, default=_env("HEALTH_PORT", "8081"))
     other.add_argument("--bind-address", default=_env("BIND_ADDRESS", "0.0.0.0"))  # noqa: S104 - in a pod
+    _configure_webhook(parser.add_argument_group("validating admission webhook"))
     other.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
@@ -215,6 +216,82 @@ def lease_timing(args: argparse.Namespace) -> LeaseTiming:
     if problems := timing.problems():
         raise SystemExit(f"voicevault operator: leader election: {'; '.join(problems)}")
     return timing
+
+
+def _configure_webhook(group: argparse._ArgumentGroup) -> None:
+    hook = WebhookConfig()
+    add = group.add_argument
+    add(
+        "--webhook",
+        action=argparse.BooleanOptionalAction,
+        default=_env("WEBHOOK_ENABLED", "true").lower() in ("1", "true", "yes"),
+        help="serve the webhook that refuses bad settings and credentials at apply time",
+    )
+    add("--webhook-port", type=int, default=int(_env("WEBHOOK_PORT", str(hook.port))))
+    add(
+        "--webhook-bind-address",
+        default=_env("WEBHOOK_BIND_ADDRESS", hook.bind_address),
+    )
+    add(
+        "--webhook-namespace",
+        default=_env("WEBHOOK_NAMESPACE", os.environ.get("POD_NAMESPACE", hook.namespace)),
+        help="the operator's own namespace, which holds the certificate Secret",
+    )
+    add(
+        "--webhook-cert-secret",
+        default=_env("WEBHOOK_CERT_SECRET", hook.cert_secret),
+        help="Secret (kubernetes.io/tls plus ca.crt) of the serving certificate",
+    )
+    add(
+        "--webhook-configuration",
+        default=_env("WEBHOOK_CONFIGURATION", hook.configuration),
+        help="ValidatingWebhookConfiguration whose caBundle the operator keeps current",
+    )
+    add(
+        "--webhook-service",
+        default=_env("WEBHOOK_SERVICE", hook.service),
+        help="Service the API server calls: the certificate names <service>.<namespace>.svc",
+    )
+    add(
+        "--webhook-host",
+        action="append",
+        default=[h for h in _env("WEBHOOK_HOSTS", "").split(",") if h],
+        help="another DNS name or IP address for the certificate (repeatable)",
+    )
+    add(
+        "--webhook-manage-cert",
+        action=argparse.BooleanOptionalAction,
+        default=_env("WEBHOOK_MANAGE_CERT", "true").lower() in ("1", "true", "yes"),
+        help="issue and renew the certificate and patch the caBundle (off: cert-manager does)",
+    )
+    add(
+        "--webhook-cert-check-interval",
+        type=float,
+        default=float(_env("WEBHOOK_CERT_CHECK_INTERVAL", str(hook.cert_check_interval))),
+        help="seconds between looks at the certificate Secret",
+    )
+    add(
+        "--webhook-renew-before-days",
+        type=float,
+        default=float(_env("WEBHOOK_RENEW_BEFORE_DAYS", str(hook.renew_before_days))),
+        help="renew the certificate this many days before it expires",
+    )
+
+
+def webhook_config_from(args: argparse.Namespace) -> WebhookConfig:
+    return WebhookConfig(
+        enabled=args.webhook,
+        port=args.webhook_port,
+        bind_address=args.webhook_bind_address,
+        namespace=args.webhook_namespace,
+        cert_secret=args.webhook_cert_secret,
+        configuration=args.webhook_configuration,
+        service=args.webhook_service,
+        extra_hosts=tuple(args.webhook_host),
+        manage_cert=args.webhook_manage_cert,
+        cert_check_interval=args.webhook_cert_check_interval,
+        renew_before_days=args.webhook_renew_before_days,
+    )
 
 
 def config_from(args: argparse.Namespace) -> OperatorConfig:
@@ -262,8 +339,10 @@ def run(args: argparse.Namespace) -> int:
     from voicevault.operator.kube import Kube, load_api_client
     from voicevault.operator.leader import LeaderElector, exit_now
     from voicevault.operator.secretwatch import SecretMetadataWatch
+    from voicevault.operator.webhook import Webhook
 
     config = config_from(args)
+    hook = webhook_config_from(args)
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
     kube = Kube(load_api_client())
@@ -330,6 +409,9 @@ def run(args: argparse.Namespace) -> int:
             await elector.release()
 
     start_http_server(args.metrics_port, addr=args.bind_address)
+    webhook = Webhook(kube.api_client, hook) if hook.enabled else None
+    if webhook is not None:
+        webhook.start()  # before kopf: settings can be applied as soon as the operator runs
     try:
         kopf.run(
             registry=registry,
@@ -340,5 +422,7 @@ def run(args: argparse.Namespace) -> int:
             memo=kopf.Memo(controller=controller, leading=leading, started=started),
         )
     finally:
+        if webhook is not None:
+            webhook.stop()
         kube.close()
     return 0

@@ -49,3 +49,21 @@ class OperatorConfig:
     default_retry_window_seconds: int = DEFAULT_RETRY_WINDOW_SECONDS
     callback_attempts: int = 5
     callback_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """The validating admission webhook the operator serves (HTTPS, AdmissionReview v1)."""
+
+    enabled: bool = True
+    port: int = 9443
+    bind_address: str = "0.0.0.0"  # noqa: S104 - in a pod
+    namespace: str = "voicevault-system"  # the operator's own: where the cert Secret lives
+    cert_secret: str = "voicevault-webhook-cert"  # noqa: S105 - a name, not a secret
+    configuration: str = "voicevault"  # the ValidatingWebhookConfiguration to patch
+    service: str = "voicevault"  # its Service: the certificate names <service>.<namespace>.svc
+    extra_hosts: tuple[str, ...] = ()  # more names or IPs, e.g. 127.0.0.1 for a URL config
+    # False: cert-manager issues the Secret and injects the caBundle; only read and reload it
+    manage_cert: bool = True
+    cert_check_interval: float = 300.0  # seconds between looks at the Secret
+    renew_before_days: float = 30.0  # renew a certificate this long before it expires

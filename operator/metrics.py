@@ -67,3 +67,12 @@ HEAP_BLOCKS = Gauge(
     "without it is the allocator's high-water mark.",
 )
 HEAP_BLOCKS.set_function(sys.getallocatedblocks)
+WEBHOOK_REVIEWS = Counter(
+    "voicevault_webhook_reviews_total",
+    "Admission reviews answered by the validating webhook, by kind and decision.",
+    ["kind", "allowed"],
+)
+WEBHOOK_CERT_EXPIRY = Gauge(
+    "voicevault_webhook_cert_expiry_timestamp_seconds",
+    "When the webhook's serving certificate in use expires (Unix time).",
+)

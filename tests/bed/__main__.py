@@ -90,7 +90,7 @@ def running_stack(workdir: Path) -> Iterator[tuple[Stack, MotoS3, CallbackReceiv
         say(f"kube-apiserver {binaries.KUBERNETES_VERSION} + etcd on {plane.server}")
         with MotoS3(workdir / "moto") as s3:
             say(f"S3 (moto, IAM enforced with the seed policy) on {s3.endpoint_url}")
-            stack = Stack(plane, s3, workdir / "stack", nodes=(NODE,))
+            stack = Stack(plane, s3, workdir / "stack", nodes=(NODE,), webhook=True)
             timed("CRDs applied, RBAC installed, node registered, operator running", stack.start)
             receiver = CallbackReceiver().start()
             try:

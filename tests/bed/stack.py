@@ -64,6 +64,8 @@ class OperatorProcess:
         extra_args: list[str] | None = None,
         identity: str = "operator-0",
         relay: TcpProxy | None = None,
+        *,
+        webhook: bool = False,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.workdir = workdir
@@ -75,6 +77,8 @@ class OperatorProcess:
         self.extra_args = list(extra_args or [])
         self.metrics_port = free_port()
         self.health_port = free_port()
+        self.webhook = webhook
+        self.webhook_port = free_port()
         self.process: ManagedProcess | None = None
         self.starts = 0
 
@@ -118,8 +122,22 @@ class OperatorProcess:
             SYSTEM_NAMESPACE,
             "--leader-election-identity",
             self.identity,
+            *(self.webhook_args() if self.webhook else ["--no-webhook"]),
             *self.extra_args,
         ]
+
+    def webhook_args(self) -> list[str]:
+        """Served on loopback, called by URL; the certificate names 127.0.0.1."""
+        return [
+            f"--webhook-port={self.webhook_port}",
+            "--webhook-bind-address=127.0.0.1",
+            "--webhook-host=127.0.0.1",
+            "--webhook-cert-check-interval=1",
+        ]
+
+    @property
+    def webhook_url(self) -> str:
+        return f"https://127.0.0.1:{self.webhook_port}"
 
     def start(self) -> None:
         self._stopped = False
@@ -188,6 +206,8 @@ class Stack:
         workdir: Path,
         nodes: tuple[str, ...] = ("node-a", "node-b"),
         operator_args: list[str] | None = None,
+        *,
+        webhook: bool = False,
     ) -> None:
         self.cp = control_plane
         self.s3 = s3
@@ -197,6 +217,7 @@ class Stack:
         self.core = k8s.CoreV1Api(self.api)
         self.custom = k8s.CustomObjectsApi(self.api)
         self.operator_args = operator_args
+        self.webhook = webhook
         self.api_relay = TcpProxy(control_plane.port, port=free_port())
         self.operator = self._operator_process("operator-0", self.api_relay)
         self.standbys: list[tuple[OperatorProcess, TcpProxy]] = []
@@ -212,6 +233,8 @@ class Stack:
         self.kubelet.start()
         self.api_relay.start()
         self.operator.start()
+        if self.operator.webhook:
+            self.wait_webhook()
         return self
 
     def _operator_process(self, identity: str, relay: TcpProxy) -> OperatorProcess:
@@ -222,7 +245,9 @@ class Stack:
             ["system:serviceaccounts", "system:authenticated"],
             server=f"https://127.0.0.1:{relay.port}",
         )
-        return OperatorProcess(kubeconfig, self.workdir, self.operator_args, identity, relay)
+        return OperatorProcess(
+            kubeconfig, self.workdir, self.operator_args, identity, relay, webhook=self.webhook
+        )
 
     def add_standby(self) -> OperatorProcess:
         """Start another replica of the operator: it stands by until it holds the Lease."""
@@ -249,6 +274,16 @@ class Stack:
         self._ensure_namespace(
             SYSTEM_NAMESPACE, {"pod-security.kubernetes.io/enforce": "privileged"}
         )
+        webhook_files = (
+            [
+                "--show-only",
+                "templates/webhook.yaml",
+                "--set",
+                f"webhook.url={self.operator.webhook_url}",
+            ]
+            if self.operator.webhook
+            else []
+        )
         rendered = subprocess.run(
             [
                 str(binaries.helm()),
@@ -261,12 +296,48 @@ class Stack:
                 "templates/rbac-operator.yaml",
                 "--show-only",
                 "templates/rbac-uploader.yaml",
+                *webhook_files,
             ],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
         kubectl(self.cp.admin_kubeconfig, "apply", "-f", "-", input_text=rendered)
+
+    def wait_webhook(self, timeout: float = 30) -> None:
+        """Until the API server calls the webhook with the operator's CA: a dry run refused."""
+        probe = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": "VoiceStorageSetting",
+            "metadata": {"name": "default"},
+            "spec": {
+                "externalStorage": {
+                    "bucketUrl": "https://not-aws.example/probe",
+                    "credentialRef": {"name": "probe"},
+                }
+            },
+        }
+        seen: list[str] = []
+
+        def refused_by_it() -> bool:
+            try:
+                self.custom.create_namespaced_custom_object(
+                    API_GROUP,
+                    API_VERSION,
+                    SYSTEM_NAMESPACE,
+                    "voicestoragesettings",
+                    probe,
+                    dry_run="All",
+                )
+            except k8s.ApiException as exc:
+                seen[:] = [str(exc.body)[:300]]
+                return exc.status == 422 and "denied the request" in str(exc.body)
+            return False
+
+        try:
+            wait_for(refused_by_it, timeout=timeout, what="the admission webhook to answer")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last answer: {seen}") from None
 
     def _ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         try:

@@ -46,7 +46,7 @@ NAMESPACED_KINDS = (
     "serviceaccounts,services,deployments,roles,rolebindings,secrets,configmaps,pods,"
     "poddisruptionbudgets"
 )
-CLUSTER_KINDS = "clusterroles,clusterrolebindings,namespaces"
+CLUSTER_KINDS = "clusterroles,clusterrolebindings,namespaces,validatingwebhookconfigurations"
 
 
 @dataclass
@@ -138,6 +138,8 @@ def test_install_creates_the_release_objects(kubeconfig: Path, release: Release)
     assert f"namespace {release.uploader_namespace}" in notes
     assert f"helm test {release.name}" in notes
     assert "VoiceStorageSetting" in notes
+    assert f"validatingwebhookconfiguration/{release.fullname} refuses" in notes
+    assert "recordings are never matched" in notes
     full = release.fullname
     assert release_objects(kubeconfig, release.name) == sorted(
         [
@@ -151,10 +153,13 @@ def test_install_creates_the_release_objects(kubeconfig: Path, release: Release)
             f"role.rbac.authorization.k8s.io/{full}-operator-leader",
             f"role.rbac.authorization.k8s.io/{full}-operator-uploads",
             f"rolebinding.rbac.authorization.k8s.io/{full}-operator-leader",
+            f"role.rbac.authorization.k8s.io/{full}-operator-webhook",
             f"rolebinding.rbac.authorization.k8s.io/{full}-operator-uploads",
+            f"rolebinding.rbac.authorization.k8s.io/{full}-operator-webhook",
             f"service/{full}",
             f"serviceaccount/{full}-operator",
             f"serviceaccount/{full}-uploader",
+            f"validatingwebhookconfiguration.admissionregistration.k8s.io/{full}",
         ]
     )
     namespace = json.loads(
@@ -219,6 +224,12 @@ OPERATOR_CAN = [
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", "", True),  # kopf's observer
     ("update", "customresourcedefinitions.apiextensions.k8s.io", "", False),
     ("list", "namespaces", "", False),
+    # the webhook: its own configuration and certificate Secret, by name (test below)
+    ("list", "validatingwebhookconfigurations.admissionregistration.k8s.io", "", False),
+    ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", "", False),
+    ("create", "secrets", "RELEASE", True),  # the certificate Secret, the first time
+    ("get", "secrets", "RELEASE", True),
+    ("update", "secrets", "RELEASE", False),
 ]
 UPLOADER_CAN = [
     ("patch", "recordings.voicevault.io/status", "acct-a", True),
@@ -271,6 +282,36 @@ def test_operator_rbac(
 ) -> None:
     user = release.user("operator")
     assert can_i(kubeconfig, user, verb, resource, _where(release, namespace)) is allowed
+
+
+@pytest.mark.parametrize(
+    ("verb", "kind", "name", "namespace", "allowed"),
+    [
+        ("get", "validatingwebhookconfigurations", "RELEASE", "", True),
+        ("patch", "validatingwebhookconfigurations", "RELEASE", "", True),
+        ("patch", "validatingwebhookconfigurations", "someone-elses", "", False),
+        ("delete", "validatingwebhookconfigurations", "RELEASE", "", False),
+        ("update", "secrets", "RELEASE-webhook-cert", "RELEASE", True),
+        ("update", "secrets", "another", "RELEASE", False),
+        ("update", "secrets", "RELEASE-webhook-cert", "acct-a", False),
+        ("delete", "secrets", "RELEASE-webhook-cert", "RELEASE", False),
+    ],
+)
+def test_operator_webhook_rbac_names_its_own_objects(
+    kubeconfig: Path,
+    release: Release,
+    verb: str,
+    kind: str,
+    name: str,
+    namespace: str,
+    allowed: bool,
+) -> None:
+    name = name.replace("RELEASE", release.fullname)
+    args = ["auth", "can-i", verb, f"{kind}/{name}", f"--as={release.user('operator')}"]
+    if namespace:
+        args += ["--namespace", _where(release, namespace)]
+    answer = kubectl(kubeconfig, *args, check=False).stdout.strip()
+    assert answer == ("yes" if allowed else "no")
 
 
 @pytest.mark.parametrize(
@@ -433,7 +474,13 @@ def test_helm_test_check_passes_against_the_operator(
             # the chart grants the leader Lease in the release namespace only
             "--leader-election-namespace",
             release.namespace,
+            # the webhook as the chart's Deployment configures it
+            f"--webhook-namespace={release.namespace}",
+            f"--webhook-configuration={release.fullname}",
+            f"--webhook-service={release.fullname}",
+            f"--webhook-cert-secret={release.fullname}-webhook-cert",
         ],
+        webhook=True,
     )
     operator.start()
     try:
@@ -483,6 +530,25 @@ def test_helm_test_check_passes_against_the_operator(
         assert missing.returncode != 0
         assert "not served by the API server" in missing.stderr
         assert operator.alive
+
+        # the chart's RBAC is enough for the webhook too: its Secret made, its caBundle set
+        def patched() -> bool:
+            config = json.loads(
+                kubectl(
+                    kubeconfig,
+                    "get",
+                    "validatingwebhookconfiguration",
+                    release.fullname,
+                    "-o",
+                    "json",
+                ).stdout
+            )
+            return all(h["clientConfig"].get("caBundle") for h in config["webhooks"])
+
+        wait_for(patched, timeout=30, what="the operator to patch its caBundle")
+        kubectl(
+            kubeconfig, "get", "secret", f"{release.fullname}-webhook-cert", "-n", release.namespace
+        )
         forbidden = [line for line in operator.log().splitlines() if "Forbidden" in line]
         assert not forbidden, forbidden[:3]
     finally:

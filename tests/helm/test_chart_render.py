@@ -19,7 +19,12 @@ from tests.helm.chart import (
     find,
     kinds,
 )
-from voicevault.operator.command import config_from, configure, lease_timing
+from voicevault.operator.command import (
+    config_from,
+    configure,
+    lease_timing,
+    webhook_config_from,
+)
 from voicevault.operator.leaselock import LeaseTiming
 
 pytestmark = pytest.mark.helm
@@ -62,12 +67,16 @@ NON_DEFAULT = [
     "health.port=9101",
     "metrics.serviceMonitor.enabled=true",
     "metrics.serviceMonitor.labels.release=prometheus",
+    "webhook.port=9444",
+    "webhook.renewBeforeDays=14",
+    "webhook.timeoutSeconds=10",
+    "webhook.failurePolicy=Ignore",
 ]
 DEFAULT_KINDS = sorted(
     ["ServiceAccount"] * 2
     + ["ClusterRole", "ClusterRoleBinding"] * 2
-    + ["Role", "RoleBinding"] * 2  # the uploads Role and the leader Lease Role
-    + ["Service", "Deployment", "PodDisruptionBudget"]
+    + ["Role", "RoleBinding"] * 3  # uploads, the leader Lease, the webhook's certificate
+    + ["Service", "Deployment", "PodDisruptionBudget", "ValidatingWebhookConfiguration"]
 )
 
 
@@ -111,7 +120,7 @@ def test_default_values_render_the_operator(helm_cli: Helm) -> None:
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"metrics": 8080, "health": 8081}
+    assert ports == {"metrics": 8080, "health": 8081, "webhook": 9443}
 
     # the arguments are real flags of `voicevault operator`, with the chart's defaults
     args = operator_args(deploy)
@@ -146,6 +155,7 @@ def test_default_values_render_the_operator(helm_cli: Helm) -> None:
         "voicevault-uploader": "voicevault-uploader",
         "voicevault-operator-uploads": "voicevault-operator",
         "voicevault-operator-leader": "voicevault-operator",
+        "voicevault-operator-webhook": "voicevault-operator",
     }
     role = find(docs, "Role", "voicevault-operator-uploads")
     assert role["metadata"]["namespace"] == RELEASE_NS
@@ -163,7 +173,102 @@ def test_default_values_render_the_operator(helm_cli: Helm) -> None:
 
     service = find(docs, "Service", "voicevault")
     assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    service_ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert service_ports == {"metrics": 8080, "health": 8081, "webhook": 443}
+    assert find(docs, "Service")["spec"]["ports"][2]["targetPort"] == "webhook"
+
+    # the webhook: the flags name the objects the chart makes, with its defaults
+    hook = webhook_config_from(args)
+    assert hook.enabled and hook.manage_cert
+    assert (hook.port, hook.namespace) == (9443, RELEASE_NS)
+    assert hook.configuration == find(docs, "ValidatingWebhookConfiguration")["metadata"]["name"]
+    assert (hook.service, hook.cert_secret) == ("voicevault", "voicevault-webhook-cert")
+    assert hook.renew_before_days == 30
+
+
+def test_the_webhook_never_matches_recordings_and_fails_closed(helm_cli: Helm) -> None:
+    config = find(helm_cli.render(extra=["--skip-tests"]), "ValidatingWebhookConfiguration")
+    hooks = {h["name"]: h for h in config["webhooks"]}
+    assert set(hooks) == {"voicestoragesettings.voicevault.io", "awscredentials.voicevault.io"}
+    for name, hook in hooks.items():
+        (rule,) = hook["rules"]
+        assert rule["resources"] == [name.split(".")[0]], "one kind each, never recordings"
+        assert rule["apiGroups"] == ["voicevault.io"]
+        assert rule["operations"] == ["CREATE", "UPDATE"]
+        assert hook["failurePolicy"] == "Fail"
+        assert hook["sideEffects"] == "None"
+        assert hook["admissionReviewVersions"] == ["v1"]
+        assert hook["clientConfig"] == {
+            "service": {
+                "name": "voicevault",
+                "namespace": RELEASE_NS,
+                "port": 443,
+                "path": "/validate",
+            }
+        }
+    assert "annotations" not in config["metadata"]  # no caBundle, no cert-manager by default
+
+
+def test_the_webhook_rbac_is_limited_to_its_own_objects(helm_cli: Helm) -> None:
+    docs = helm_cli.render(extra=["--skip-tests"])
+    rules = find(docs, "ClusterRole", "voicevault-operator")["rules"]
+    (admission,) = [r for r in rules if r["apiGroups"] == ["admissionregistration.k8s.io"]]
+    assert admission == {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["validatingwebhookconfigurations"],
+        "resourceNames": ["voicevault"],
+        "verbs": ["get", "patch"],
+    }
+    role = find(docs, "Role", "voicevault-operator-webhook")
+    assert role["metadata"]["namespace"] == RELEASE_NS
+    named, create = role["rules"]
+    assert named["resourceNames"] == ["voicevault-webhook-cert"]
+    assert named["verbs"] == ["get", "update"]
+    assert create == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+
+
+def test_the_webhook_with_cert_manager(helm_cli: Helm) -> None:
+    docs = helm_cli.render(sets=["webhook.certManager.enabled=true"], extra=["--skip-tests"])
+    config = find(docs, "ValidatingWebhookConfiguration")
+    assert config["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": f"{RELEASE_NS}/voicevault-webhook"
+    }
+    serving = find(docs, "Certificate", "voicevault-webhook")
+    assert serving["spec"]["secretName"] == "voicevault-webhook-cert"
+    assert serving["spec"]["dnsNames"] == [
+        f"voicevault.{RELEASE_NS}.svc",
+        f"voicevault.{RELEASE_NS}.svc.cluster.local",
+    ]
+    assert serving["spec"]["renewBefore"] == "720h"
+    assert serving["spec"]["issuerRef"] == {"name": "voicevault-webhook-ca", "kind": "Issuer"}
+    assert find(docs, "Certificate", "voicevault-webhook-ca")["spec"]["isCA"] is True
+    assert find(docs, "Issuer", "voicevault-webhook-ca")["spec"]["ca"] == {
+        "secretName": "voicevault-webhook-ca"
+    }
+    hook = webhook_config_from(operator_args(find(docs, "Deployment")))
+    assert not hook.manage_cert, "the operator only reads and reloads cert-manager's Secret"
+    rules = find(docs, "ClusterRole", "voicevault-operator")["rules"]
+    assert not [r for r in rules if r["apiGroups"] == ["admissionregistration.k8s.io"]]
+    (named,) = find(docs, "Role", "voicevault-operator-webhook")["rules"]
+    assert named["verbs"] == ["get"]
+
+
+def test_the_webhook_can_be_turned_off_or_called_by_url(helm_cli: Helm) -> None:
+    off = helm_cli.render(sets=["webhook.enabled=false"], extra=["--skip-tests"])
+    assert "ValidatingWebhookConfiguration" not in kinds(off)
+    assert not any(d["metadata"]["name"].endswith("-webhook") for d in off)
+    assert not webhook_config_from(operator_args(find(off, "Deployment"))).enabled
+    ports = [p["name"] for p in find(off, "Service")["spec"]["ports"]]
+    assert ports == ["metrics", "health"]
+    rules = find(off, "ClusterRole", "voicevault-operator")["rules"]
+    assert not [r for r in rules if r["apiGroups"] == ["admissionregistration.k8s.io"]]
+    by_url = helm_cli.render(
+        sets=["webhook.url=https://127.0.0.1:9443/", "webhook.namespaceSelector.tier=accounts"],
+        extra=["--show-only", "templates/webhook.yaml"],
+    )
+    for hook in find(by_url, "ValidatingWebhookConfiguration")["webhooks"]:
+        assert hook["clientConfig"] == {"url": "https://127.0.0.1:9443/validate"}
+        assert hook["namespaceSelector"] == {"tier": "accounts"}
 
 
 def test_operator_pod_is_locked_down(helm_cli: Helm) -> None:
@@ -232,6 +337,11 @@ def test_non_default_values_render(helm_cli: Helm) -> None:
     assert lease_timing(args) == LeaseTiming(20, 15, 4)
     leader = find(docs, "Role", "voicevault-operator-leader")
     assert leader["rules"][1]["resourceNames"] == ["vv-leader"]
+    hook = webhook_config_from(args)
+    assert (hook.port, hook.renew_before_days) == (9444, 14)
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["webhook"] == 9444
+    for webhook in find(docs, "ValidatingWebhookConfiguration")["webhooks"]:
+        assert (webhook["timeoutSeconds"], webhook["failurePolicy"]) == (10, "Ignore")
 
     monitor = find(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -243,6 +353,7 @@ def test_non_default_values_render(helm_cli: Helm) -> None:
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
         "metrics": 9100,
         "health": 9101,
+        "webhook": 443,
     }
 
 
@@ -259,7 +370,7 @@ def test_rbac_files_render_alone(helm_cli: Helm) -> None:
     assert kinds(docs) == sorted(
         ["ServiceAccount"] * 2
         + ["ClusterRole", "ClusterRoleBinding"] * 2
-        + ["Role", "RoleBinding"] * 2
+        + ["Role", "RoleBinding"] * 3  # uploads, the leader Lease, the webhook's certificate
     )
 
 
@@ -326,6 +437,9 @@ BAD_VALUES = [
     ("uploader.createNamespace=true", "uploader.namespace: Does not match pattern"),
     ("operator.watchNamespaces={UPPER}", "operator.watchNamespaces.0: Does not match pattern"),
     ("metrics.serviceMonitor.interval=often", "metrics.serviceMonitor.interval: Does not match"),
+    ("webhook.failurePolicy=Never", 'webhook.failurePolicy must be one of the following: "Fail"'),
+    ("webhook.url=http://127.0.0.1:9443", "webhook.url: Does not match pattern"),
+    ("webhook.timeoutSeconds=60", "webhook.timeoutSeconds: Must be less than or equal to 30"),
 ]
 
 

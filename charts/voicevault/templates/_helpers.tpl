@@ -60,3 +60,8 @@ runAsGroup: 10001
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* The Secret holding the webhook's serving certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "voicevault.webhookCertSecret" -}}
+{{- printf "%s-webhook-cert" (include "voicevault.fullname" .) -}}
+{{- end -}}
