@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,10 +29,12 @@ from voicevault.operator.config import OperatorConfig
 from voicevault.operator.kube import Kube, is_status
 from voicevault.operator.queues import QueueEntry
 from voicevault.operator.recordings import (
+    SENDING,
     Decision,
     Event,
     RecordingView,
     reconcile,
+    settlement,
     transient_failure,
 )
 from voicevault.operator.scheduler import Scheduler
@@ -56,6 +59,7 @@ RESYNC_ROOM = 500  # the resync offers a page, then waits until fewer than this 
 INTAKE_BODIES = 3000
 REREAD_FIELDS = ("namespace", "name", "uid")
 RecordingWork = Literal["event", "deleted", "reread"]
+SETTLE_CLAIM_TRIES = 5  # conflicts in a row before a settlement is left to the next look
 
 
 def utcnow() -> datetime:
@@ -83,7 +87,10 @@ class Controller:
         self.next_validation: dict[str, datetime] = {}
         self.waiting: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> uid -> body
         self.phases: dict[str, str] = {}  # uid -> last seen phase (for metrics and events)
-        self.settling: set[str] = set()
+        self.settling: set[str] = set()  # uids this process is settling right now
+        # names this process in the callback claims it writes, so a restarted operator
+        # (or another replica) can tell a claim it did not make from its own
+        self.instance = secrets.token_hex(4)
         self.accepted: set[str] = set()  # uids given a first phase, until we see it come back
         # Recording watch events, one slim body per recording, deleted or not
         self.intake: WorkQueue[tuple[RecordingWork, dict[str, Any]]] = WorkQueue()
@@ -135,9 +142,18 @@ class Controller:
         }
 
     async def post_event(
-        self, body: dict[str, Any], event: Event, kind: str = recording.KIND
+        self,
+        body: dict[str, Any],
+        event: Event,
+        kind: str = recording.KIND,
+        *,
+        name: str | None = None,
     ) -> None:
-        """An Event on the object, and the same line in the log."""
+        """An Event on the object, and the same line in the log.
+
+        A `name`d Event is posted at once rather than queued: posting it again creates
+        nothing, so it is how a once-only Event survives a crash and a stale view.
+        """
         meta = body.get("metadata", {})
         message = logs.scrub(event.message)
         log.log(
@@ -150,6 +166,9 @@ class Controller:
             },
         )
         ref = {"metadata": {key: meta.get(key) for key in EVENT_REF_FIELDS}}
+        if name is not None:
+            await self.kube.post_event(ref, kind, event.type, event.reason, message, name=name)
+            return
         if event.type == "Normal" and self._events.qsize() >= EVENT_QUEUE_NORMAL:
             metrics.EVENTS_DROPPED.labels(type=event.type).inc()
             return
@@ -561,6 +580,7 @@ class Controller:
         if pod is not None and self.scheduler.ready and not self.scheduler.pod_is_known(pod):
             await self._pod_lost(body)
         if decision.settle and rec.uid not in self.settling:
+            # one settle at a time here; a stale view that comes after it loses the claim
             self.settling.add(rec.uid)
             self._spawn(self._settle(body))
 
@@ -646,65 +666,102 @@ class Controller:
         """Final conditions and the status callback of a Completed or Failed recording."""
         rec = RecordingView.from_body(body)
         try:
-            await self._settle_once(rec, body)
+            await self._settle_once(rec)
         except Exception:
             log.exception("settling failed", extra={"recording": f"{rec.namespace}/{rec.name}"})
         finally:
             self.settling.discard(rec.uid)
 
-    async def _settle_once(self, rec: RecordingView, body: dict[str, Any]) -> None:
-        now = self.clock()
-        status = rec.status
-        completed = rec.phase is Phase.COMPLETED
-        updates = []
-        conditions = status.get("conditions") or []
-        if find(conditions, "Stored") is None:
-            if completed:
-                updates.append(
-                    condition(
-                        "Stored",
-                        True,
-                        "Uploaded",
-                        f"stored at {status.get('mediaUrl')}",
-                        now,
-                        rec.generation,
-                    )
-                )
-                metrics.UPLOADED_BYTES.inc(int(status.get("size") or 0))
-                done = parse_time(status.get("completionTime")) or now
-                metrics.UPLOAD_LATENCY.observe(max(0.0, (done - rec.created).total_seconds()))
-                await self.post_event(
-                    body, Event("Normal", "Stored", f"stored at {status.get('mediaUrl')}")
-                )
-            else:
-                message = f"error {status.get('errorCode')}: {status.get('errorMessage')}"
-                updates.append(
-                    condition("Stored", False, "UploadFailed", message, now, rec.generation)
-                )
-                await self.post_event(body, Event("Warning", "Failed", message))
-        snapshot = rec.snapshot
-        attempts = None
-        if snapshot and snapshot.callback_url and find(conditions, "CallbackDelivered") is None:
-            delivered, reason, message, attempts = await self._callback(rec, snapshot)
-            updates.append(
-                condition("CallbackDelivered", delivered, reason, message, now, rec.generation)
-            )
-            metrics.CALLBACKS.labels(result="delivered" if delivered else "failed").inc()
-            await self.post_event(
-                body, Event("Normal" if delivered else "Warning", f"Callback{reason}", message)
-            )
-        if not updates:
-            return
-        patch: dict[str, Any] = {"conditions": merge_conditions(conditions, updates)}
-        if attempts is not None:
-            patch["callbackAttempts"] = attempts
-        try:
-            await self.kube.patch_status(recording.PLURAL, rec.namespace, rec.name, patch)
-        except Exception as exc:
-            if not is_status(exc, 404):
-                raise
+    async def _settle_once(self, rec: RecordingView) -> None:
+        """Claim the settlement with a write guarded by the version decided on, then act.
 
-    async def _callback(self, rec: RecordingView, snapshot: Any) -> tuple[bool, str, str, int]:
+        The same completion reaches this operator several ways (the uploader's watch event,
+        a resync page listed a moment earlier, a re-drive), some of them already stale. An
+        unguarded write let each of them settle it again: two Stored Events, two callbacks.
+        Only the view that is still current wins the claim; a stale one gets 409 and looks
+        again at the current object, which shows the claim.
+        """
+        for _ in range(SETTLE_CLAIM_TRIES):
+            plan = settlement(rec, self.clock(), self.instance)
+            if plan is None:
+                return
+            if plan.event is not None:
+                # named after the outcome: a second post (a stale view, a restart after a
+                # crash between this and the claim) creates no second Event
+                await self.post_event(rec.body_ref(), plan.event, name=plan.event_name)
+            claimed, current = await self._write_guarded(rec, plan.status)
+            if claimed is not None:
+                break
+            if current is None:
+                return  # gone
+            rec = current
+        else:
+            return  # still contended: the next event or resync brings it back
+        if plan.event is not None and rec.phase is Phase.COMPLETED:
+            metrics.UPLOADED_BYTES.inc(int(rec.status.get("size") or 0))
+            done = parse_time(rec.status.get("completionTime")) or self.clock()
+            metrics.UPLOAD_LATENCY.observe(max(0.0, (done - rec.created).total_seconds()))
+        if plan.callback:
+            await self._call_back(RecordingView.from_body(slim(claimed)), plan.idempotency_token)
+
+    async def _write_guarded(
+        self, rec: RecordingView, patch: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, RecordingView | None]:
+        """(written object, None), or on a conflict (None, the object as it is now);
+        (None, None) once it is gone."""
+        try:
+            written = await self.kube.patch_status(
+                recording.PLURAL, rec.namespace, rec.name, patch, rec.resource_version
+            )
+            return written, None
+        except Exception as exc:
+            if not is_status(exc, 404, 409):
+                raise
+            if is_status(exc, 404):
+                return None, None
+        try:
+            body = await self.kube.get_status(recording.PLURAL, rec.namespace, rec.name)
+        except Exception as exc:
+            if is_status(exc, 404):
+                return None, None
+            raise
+        current = RecordingView.from_body(slim(body))
+        return None, current if current.uid == rec.uid else None
+
+    async def _call_back(self, rec: RecordingView, token: str) -> None:
+        """Send the claimed callback and record its result over the claim."""
+        snapshot = rec.snapshot
+        assert snapshot is not None
+        delivered, reason, message, attempts = await self._callback(rec, snapshot, token)
+        now = self.clock()
+        metrics.CALLBACKS.labels(result="delivered" if delivered else "failed").inc()
+        await self.post_event(
+            rec.body_ref(),
+            Event("Normal" if delivered else "Warning", f"Callback{reason}", message),
+        )
+        for _ in range(SETTLE_CLAIM_TRIES):
+            claim = find(rec.status.get("conditions"), "CallbackDelivered")
+            if claim is None or claim.get("reason") != SENDING:
+                return  # no longer ours to record (a manual retry started a new outcome)
+            patch = {
+                "conditions": merge_conditions(
+                    rec.status.get("conditions") or [],
+                    [
+                        condition(
+                            "CallbackDelivered", delivered, reason, message, now, rec.generation
+                        )
+                    ],
+                ),
+                "callbackAttempts": attempts,
+            }
+            written, current = await self._write_guarded(rec, patch)
+            if written is not None or current is None:
+                return
+            rec = current
+
+    async def _callback(
+        self, rec: RecordingView, snapshot: Any, token: str
+    ) -> tuple[bool, str, str, int]:
         try:
             spec = RecordingSpec.model_validate(rec.spec)
         except ValidationError:
@@ -712,15 +769,17 @@ class Controller:
         signing_key = None
         if snapshot.callback_signing_secret:
             found = await self.kube.secret_data(rec.namespace, snapshot.callback_signing_secret)
-            value = (found[1] if found else {}).get(snapshot.callback_signing_key or "", b"")
-            if not value:
-                return (
-                    False,
-                    "SigningKeyMissing",
-                    f"Secret {snapshot.callback_signing_secret!r} has no key "
-                    f"{snapshot.callback_signing_key!r}; callback not sent",
-                    0,
-                )
+            problem = callbacks.signing_problem(
+                rec.namespace,
+                snapshot.callback_signing_secret,
+                snapshot.callback_signing_key or "",
+                found[1] if found else None,
+            )
+            if problem is not None:
+                reason, why = problem
+                return False, reason, f"{why}; callback not sent", 0
+            assert found is not None
+            value = found[1][snapshot.callback_signing_key or ""]
             signing_key = value.decode("utf-8", errors="replace").strip()
             logs.register_secret(signing_key)
         params = callbacks.callback_params(spec, rec.status | {"sid": rec.sid})
@@ -730,6 +789,7 @@ class Controller:
             signing_key,
             attempts=self.config.callback_attempts,
             timeout=self.config.callback_timeout,
+            idempotency_token=token,
         )
         reason = "Delivered" if result.delivered else "DeliveryFailed"
         message = f"{result.detail} after {result.attempts} attempt(s) to {snapshot.callback_url}"

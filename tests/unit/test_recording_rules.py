@@ -11,7 +11,12 @@ import pytest
 from tests.support import samples
 from voicevault.crds.recording import FINALIZER, RETRY_ANNOTATION
 from voicevault.operator import settings
-from voicevault.operator.recordings import RecordingView, reconcile, transient_failure
+from voicevault.operator.recordings import (
+    RecordingView,
+    reconcile,
+    settlement,
+    transient_failure,
+)
 from voicevault.operator.settings import CredentialView, SettingView
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -253,3 +258,55 @@ def test_transient_failure_backs_off_then_caches_at_the_window_end() -> None:
     )
     assert patch2["phase"] == "Cached" and patch2["nextRetryTime"] is None
     assert "media kept on node n" in patch2["message"] and event2.reason == "Cached"
+
+
+def _completed_with_callback() -> dict[str, Any]:
+    done = _accepted() | {"phase": "Completed", "mediaUrl": "https://x/y"}
+    done["storage"] = done["storage"] | {"callbackUrl": "https://hooks.example/cb"}
+    return done
+
+
+def test_the_settlement_claim_carries_stored_and_the_callback_in_one_write() -> None:
+    done = _completed_with_callback()
+    plan = settlement(_rec(done), NOW, "op1")
+    assert plan is not None
+    by_type = {c["type"]: c for c in plan.status["conditions"]}
+    assert by_type["Stored"]["status"] == "True"
+    assert by_type["CallbackDelivered"]["status"] == "Unknown"
+    assert "op1" in by_type["CallbackDelivered"]["message"]
+    assert plan.event is not None and plan.event.reason == "Stored"
+    assert plan.callback
+    # once the claim is written, the same view of the object has nothing left but the
+    # callback (whose sender is known to be this process, or dead)
+    claimed = _rec(done | plan.status)
+    again = settlement(claimed, NOW, "op2")
+    assert again is not None and again.event is None and again.callback
+    delivered = [c for c in plan.status["conditions"] if c["type"] != "CallbackDelivered"]
+    delivered.append({"type": "CallbackDelivered", "status": "True", "reason": "Delivered"})
+    assert settlement(_rec(done | {"conditions": delivered}), NOW, "op1") is None
+    assert not reconcile(_rec(done | {"conditions": delivered}), _setting(), NOW).settle
+
+
+def test_the_outcome_names_its_event_and_token_stably() -> None:
+    done = _completed_with_callback()
+    first = settlement(_rec(done), NOW, "op1")
+    later = settlement(_rec(done), NOW + timedelta(minutes=5), "op2")
+    assert first is not None and later is not None
+    assert first.event_name == later.event_name, "a re-post after a crash names the same Event"
+    assert first.idempotency_token == later.idempotency_token
+    assert first.idempotency_token.startswith(done["sid"] + "-completed-")
+    failed = done | {"phase": "Failed", "errorCode": 16112}
+    other = settlement(_rec(failed), NOW, "op1")
+    assert other is not None and other.idempotency_token != first.idempotency_token
+    retried = settlement(_rec(failed | {"retryRequest": "t2"}), NOW, "op1")
+    assert retried is not None and retried.idempotency_token != other.idempotency_token
+
+
+def test_a_manual_retry_clears_the_settlement_of_the_previous_outcome() -> None:
+    failed = _accepted() | {
+        "phase": "Failed",
+        "errorCode": 16111,
+        "conditions": [{"type": "Stored", "status": "False", "reason": "UploadFailed"}],
+    }
+    decision = reconcile(_rec(failed, annotations={RETRY_ANNOTATION: "t1"}), _setting(), NOW)
+    assert decision.status is not None and decision.status["conditions"] is None
