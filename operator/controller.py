@@ -78,12 +78,15 @@ class Controller:
         self.kube = kube
         self.config = config
         self.clock = clock
-        self.scheduler = Scheduler(kube, config, self.resolve_credential, self.post_event, clock)
+        self.scheduler = Scheduler(
+            kube, config, self.resolve_credential, self.post_event, clock, hold=self._hold
+        )
         self.credential_bodies: dict[tuple[str, str], dict[str, Any]] = {}
         self.credentials: dict[tuple[str, str], CredentialView] = {}
         self.setting_bodies: dict[str, dict[str, Any]] = {}
         self._setting_locks: dict[str, asyncio.Lock] = {}
         self.settings: dict[str, SettingView] = {}
+        self.signing_secrets: dict[str, str] = {}  # namespace -> its setting's signing Secret
         self.next_validation: dict[str, datetime] = {}
         self.waiting: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> uid -> body
         self.phases: dict[str, str] = {}  # uid -> last seen phase (for metrics and events)
@@ -237,26 +240,32 @@ class Controller:
             access_key_id_key=ref.get("accessKeyIdKey", "AWS_ACCESS_KEY_ID"),
             secret_access_key_key=ref.get("secretAccessKeyKey", "AWS_SECRET_ACCESS_KEY"),
             session_token_key=ref.get("sessionTokenKey"),
+            secret_version=result.status.get("secretVersion"),
         )
         changed = self.credentials.get(key) != view
         self.credentials[key] = view
         if changed and refresh_settings:
-            await self._refresh_setting(namespace)
+            # new keys (or a new credential): what the bucket said about the old ones
+            # no longer holds, so ask it again now rather than at the next interval
+            await self._refresh_setting(namespace, force_validation=True)
 
     def forget_credential(self, namespace: str, name: str) -> None:
         self.credential_bodies.pop((namespace, name), None)
         self.credentials.pop((namespace, name), None)
 
     async def on_secret(self, namespace: str, name: str) -> None:
-        """A Secret changed: re-check the credentials that use it."""
+        """A Secret changed: re-check the credentials that use it, and the setting that
+        signs its callbacks with it."""
         for (ns, cred_name), view in list(self.credentials.items()):
             if ns == namespace and view.secret_name == name:
                 body = self.credential_bodies.get((ns, cred_name))
                 if body is not None:
                     await self.on_credential(body)
+        if self.signing_secrets.get(namespace) == name:
+            await self._refresh_setting(namespace)
 
     def uses_secret(self, namespace: str, name: str) -> bool:
-        return any(
+        return self.signing_secrets.get(namespace) == name or any(
             ns == namespace and view.secret_name == name
             for (ns, _), view in self.credentials.items()
         )
@@ -320,6 +329,8 @@ class Controller:
             )
         ):
             validated = await self._validate(namespace, evaluation, credential)
+        refusal = settings.refusal(validated, current, generation) if evaluation.ready else None
+        refused = settings.refused_evaluation(evaluation, *refusal) if refusal else None
         status = settings.status_for(
             evaluation,
             generation=generation,
@@ -328,6 +339,8 @@ class Controller:
             validated=validated,
             validation_time=now if validated else None,
             now=now,
+            refused=refused,
+            signing=await self._signing(namespace, evaluation),
         )
         if not _same(status, current):
             await self._patch_status(voicestoragesetting.PLURAL, body, status)
@@ -344,18 +357,39 @@ class Controller:
             spec=evaluation.spec,
             location=evaluation.location,
             public_key_sid=evaluation.public_key_sid,
-            ready=evaluation.ready,
-            reason=evaluation.reason,
-            message=evaluation.message,
+            ready=(refused or evaluation).ready,
+            reason=(refused or evaluation).reason,
+            message=(refused or evaluation).message,
             default_window_seconds=self.config.default_retry_window_seconds,
+            refused=refused is not None,
         )
         old = self.settings.get(namespace)
         self.settings[namespace] = view
         if view.ready and (old is None or not old.ready or old.generation != view.generation):
             self._redrive_waiting(namespace)
 
+    async def _signing(
+        self, namespace: str, evaluation: settings.SettingEvaluation
+    ) -> tuple[bool, str, str] | None:
+        """Whether the setting's callbacks can be signed; None if it names no key."""
+        callback = evaluation.spec.status_callback if evaluation.spec else None
+        ref = callback.signing_key_ref if callback else None
+        if ref is None:
+            self.signing_secrets.pop(namespace, None)
+            return None
+        self.signing_secrets[namespace] = ref.name
+        found = await self.kube.secret_data(namespace, ref.name)
+        problem = callbacks.signing_problem(
+            namespace, ref.name, ref.key, found[1] if found else None
+        )
+        if problem is not None:
+            reason, why = problem
+            return False, reason, f"{why}: status callbacks are not sent"
+        return True, "SigningKeyFound", f"callbacks are signed with {ref.key!r} of {ref.name!r}"
+
     def forget_setting(self, namespace: str, name: str) -> None:
         if name == SETTING_NAME:
+            self.signing_secrets.pop(namespace, None)
             self.setting_bodies.pop(namespace, None)
             self.settings.pop(namespace, None)
             self.next_validation.pop(namespace, None)
@@ -385,10 +419,10 @@ class Controller:
             ].get("resourceVersion"):
                 await self._apply_setting(body, force_validation=False)
 
-    async def _refresh_setting(self, namespace: str) -> None:
+    async def _refresh_setting(self, namespace: str, *, force_validation: bool = False) -> None:
         body = self.setting_bodies.get(namespace)
         if body is not None:
-            await self.on_setting(body)
+            await self.on_setting(body, force_validation=force_validation)
 
     async def _validate(
         self,
@@ -412,7 +446,7 @@ class Controller:
     async def _setting_events(
         self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]
     ) -> None:
-        for type_ in ("Ready", "Validated"):
+        for type_ in ("Ready", "Validated", "CallbackSigning"):
             before, after = find(old.get("conditions"), type_), find(new.get("conditions"), type_)
             if after and (before is None or before.get("reason") != after.get("reason")):
                 good = after.get("status") == "True" or after.get("reason") == "Disabled"
@@ -583,6 +617,17 @@ class Controller:
             # one settle at a time here; a stale view that comes after it loses the claim
             self.settling.add(rec.uid)
             self._spawn(self._settle(body))
+
+    def _hold(self, entry: QueueEntry) -> bool:
+        """At launch: an upload into a configuration the bucket has refused since it was
+        queued is not made (it would fail fatally and delete the media). The recording is
+        read again, and the rules make it wait for the setting."""
+        setting = self.settings.get(entry.namespace)
+        if entry.action != "upload" or setting is None or not setting.refuses(entry.snapshot):
+            return False
+        ref = {"namespace": entry.namespace, "name": entry.name, "uid": entry.uid}
+        self.intake.put(entry.uid, ("reread", {"metadata": ref}), urgent=True)
+        return True
 
     def _enqueue(self, body: dict[str, Any], rv: str, decision: Decision) -> None:
         assert decision.queue is not None

@@ -147,6 +147,10 @@ def reconcile(rec: RecordingView, setting: SettingView | None, now: datetime) ->
     phase = rec.phase
     if phase is None or (phase is Phase.PENDING and rec.snapshot is None):
         _accept(rec, setting, now, decision)
+    elif phase in (Phase.PENDING, Phase.RETRYING) and setting and setting.refuses(rec.snapshot):
+        # accepted while the configuration worked, refused by the bucket since: no upload
+        # into a known refusal (it would delete the media); wait as a new recording would
+        _wait_for_setting(rec, setting, now, decision, {}, window=_window(rec))
     elif phase is Phase.PENDING:
         decision.queue = QueueRequest("upload", now)
     elif phase is Phase.RETRYING:
@@ -218,9 +222,10 @@ def _wait_for_setting(
     decision: Decision,
     base: dict[str, Any],
     problem: str | None = None,
+    window: timedelta | None = None,
 ) -> None:
     """The setting is not ready: wait, for as long as a retry window, then keep it cached."""
-    window = timedelta(seconds=setting.retry_window_seconds)
+    window = window or timedelta(seconds=setting.retry_window_seconds)
     why = problem or f"{setting.reason}: {setting.message}"
     if now >= rec.created + window:
         message = (
@@ -236,6 +241,11 @@ def _wait_for_setting(
     if rec.status.get("message") != message or rec.status.get("phase") != Phase.PENDING.value:
         decision.status = base | {"phase": Phase.PENDING.value, "message": message}
         decision.events.append(Event("Warning", "SettingNotReady", message))
+
+
+def _window(rec: RecordingView) -> timedelta | None:
+    snapshot = rec.snapshot
+    return timedelta(seconds=snapshot.retry_window_seconds) if snapshot else None
 
 
 def _retry_requested(rec: RecordingView) -> bool:

@@ -310,3 +310,43 @@ def test_a_manual_retry_clears_the_settlement_of_the_previous_outcome() -> None:
     }
     decision = reconcile(_rec(failed, annotations={RETRY_ANNOTATION: "t1"}), _setting(), NOW)
     assert decision.status is not None and decision.status["conditions"] is None
+
+
+def _refused(setting: SettingView) -> SettingView:
+    return dataclasses.replace(
+        setting, ready=False, reason="AccessDenied", message="denied", refused=True
+    )
+
+
+def test_a_queued_recording_under_a_refused_setting_waits_then_is_cached() -> None:
+    setting = _setting()
+    pending = _accepted(setting)
+    refused = _refused(setting)
+    for phase in ("Pending", "Retrying"):
+        held = reconcile(_rec(pending | {"phase": phase}), refused, NOW)
+        assert held.queue is None, "no upload into a configuration the bucket refused"
+        assert held.waiting_for_setting
+        assert held.status is not None and "AccessDenied" in held.status["message"]
+        assert "attempts" not in held.status, "waiting is not a failed attempt"
+    window = timedelta(seconds=pending["storage"]["retryWindowSeconds"])
+    late = reconcile(_rec(pending), refused, NOW + window)
+    assert late.status is not None and late.status["phase"] == "Cached"
+    assert late.queue is None
+    # the refusal is about one bucket and credential: a recording snapshotted for another
+    # bucket (the setting changed since) goes ahead
+    elsewhere = pending | {"storage": pending["storage"] | {"bucket": "older-bucket"}}
+    assert reconcile(_rec(elsewhere), refused, NOW).queue is not None
+
+
+def test_refusal_comes_from_the_check_or_from_the_recorded_one_of_this_generation() -> None:
+    assert settings.refusal((False, "AccessDenied", "no"), {}, 2) == ("AccessDenied", "no")
+    assert settings.refusal((False, "BucketUnreachable", "503"), {}, 2) is None, "an outage"
+    assert settings.refusal((True, "BucketAcceptsUploads", "ok"), {}, 2) is None
+    recorded = {
+        "validatedGeneration": 2,
+        "conditions": [
+            {"type": "Validated", "status": "False", "reason": "NoSuchBucket", "message": "m"}
+        ],
+    }
+    assert settings.refusal(None, recorded, 2) == ("NoSuchBucket", "m")
+    assert settings.refusal(None, recorded, 3) is None, "a new generation is checked afresh"
