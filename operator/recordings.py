@@ -151,6 +151,7 @@ def reconcile(rec: RecordingView, setting: SettingView | None, now: datetime) ->
         # accepted while the configuration worked, refused by the bucket since: no upload
         # into a known refusal (it would delete the media); wait as a new recording would
         _wait_for_setting(rec, setting, now, decision, {}, window=_window(rec))
+        decision.unqueue = True
     elif phase is Phase.PENDING:
         decision.queue = QueueRequest("upload", now)
     elif phase is Phase.RETRYING:

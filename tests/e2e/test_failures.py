@@ -226,6 +226,41 @@ def test_a_fixed_secret_takes_effect_in_seconds_and_held_recordings_complete(
     wait_for(lambda: not media.exists(), timeout=15, what="the media to be deleted")
 
 
+def test_a_recording_queued_before_the_bucket_refused_its_keys_waits_instead_of_failing(
+    live_stack: Stack, proxy: FaultProxy
+) -> None:
+    retry = {"windowSeconds": 300, "initialBackoffSeconds": 2, "maxBackoffSeconds": 2}
+    account = live_stack.add_account(endpoint=proxy.url, retry=retry)
+    proxy.add_rule(Rule(action=Respond(503, "SlowDown", "wait"), method="PUT"))
+    data = os.urandom(4000)
+    live_stack.record(account, "queued", data)
+    media = live_stack.media_file("node-a", account.namespace, "2026/11/queued.wav")
+    live_stack.wait_phase(account.namespace, "queued", "Retrying")
+    _secret_key(live_stack, account.namespace, "not-the-right-secret-at-all-0000000000")
+    live_stack.wait_condition(
+        account.namespace,
+        "voicestoragesettings",
+        "default",
+        "Ready",
+        status="False",
+        reason="AccessDenied",
+        timeout=15,
+    )
+    proxy.clear_rules()
+
+    def held() -> dict[str, Any] | None:
+        status = live_stack.get(account.namespace, "recordings", "queued")["status"]
+        assert status["phase"] != "Failed", f"uploaded into a known refusal: {status}"
+        return status if "AccessDenied" in status.get("message", "") else None
+
+    status = wait_for(held, timeout=30, what="the queued recording to wait for the setting")
+    assert status["phase"] == "Pending" and media.exists(), status
+    _secret_key(live_stack, account.namespace, account.s3.secret_access_key)
+    done = live_stack.wait_phase(account.namespace, "queued", *TERMINAL, timeout=60)["status"]
+    assert done["phase"] == "Completed", done
+    assert live_stack.object_bytes(account, done["storage"]["objectKey"]) == data
+
+
 def test_access_denied_during_an_upload_of_a_working_configuration_is_fatal(
     live_stack: Stack,
 ) -> None:
