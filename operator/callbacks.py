@@ -20,6 +20,7 @@ from voicevault.operator.signature import SIGNATURE_HEADER, twilio_signature
 from voicevault.uploader.envelope import EncryptionDetails
 
 log = logging.getLogger("voicevault.operator.callbacks")
+IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
 
 
 def callback_params(spec: RecordingSpec, status: dict[str, Any]) -> dict[str, str]:
@@ -47,6 +48,23 @@ def callback_params(spec: RecordingSpec, status: dict[str, Any]) -> dict[str, st
     return params
 
 
+def signing_problem(
+    namespace: str, secret: str, key: str, data: dict[str, bytes] | None
+) -> tuple[str, str] | None:
+    """Why callbacks cannot be signed with `key` of Secret `secret` (None: they can).
+
+    `data` is the Secret's data, or None when there is no such Secret.
+    """
+    if data is None:
+        return "SigningSecretNotFound", f"signing Secret {secret!r} not found in {namespace!r}"
+    if not data.get(key, b"").strip():
+        return (
+            "SigningKeyMissing",
+            f"signing Secret {secret!r} has no (or an empty) key {key!r}",
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Delivery:
     delivered: bool
@@ -62,9 +80,16 @@ async def deliver(
     attempts: int = 5,
     timeout: float = 10.0,
     first_delay: float = 1.0,
+    idempotency_token: str | None = None,
 ) -> Delivery:
-    """POST the callback; 2xx is delivered, 4xx (but 408/429) is final, the rest retried."""
+    """POST the callback; 2xx is delivered, 4xx (but 408/429) is final, the rest retried.
+
+    Every attempt, and every re-send after an operator restart, carries the same
+    `idempotency_token` (stable per recording and outcome), so a receiver can drop repeats.
+    """
     headers = {"User-Agent": "voicevault-callbacks/1"}
+    if idempotency_token:
+        headers[IDEMPOTENCY_HEADER] = idempotency_token
     if signing_key:
         headers[SIGNATURE_HEADER] = twilio_signature(signing_key, url, params)
     delay = first_delay

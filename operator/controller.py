@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,10 +29,12 @@ from voicevault.operator.config import OperatorConfig
 from voicevault.operator.kube import Kube, is_status
 from voicevault.operator.queues import QueueEntry
 from voicevault.operator.recordings import (
+    SENDING,
     Decision,
     Event,
     RecordingView,
     reconcile,
+    settlement,
     transient_failure,
 )
 from voicevault.operator.scheduler import Scheduler
@@ -56,6 +59,7 @@ RESYNC_ROOM = 500  # the resync offers a page, then waits until fewer than this 
 INTAKE_BODIES = 3000
 REREAD_FIELDS = ("namespace", "name", "uid")
 RecordingWork = Literal["event", "deleted", "reread"]
+SETTLE_CLAIM_TRIES = 5  # conflicts in a row before a settlement is left to the next look
 
 
 def utcnow() -> datetime:
@@ -74,16 +78,22 @@ class Controller:
         self.kube = kube
         self.config = config
         self.clock = clock
-        self.scheduler = Scheduler(kube, config, self.resolve_credential, self.post_event, clock)
+        self.scheduler = Scheduler(
+            kube, config, self.resolve_credential, self.post_event, clock, hold=self._hold
+        )
         self.credential_bodies: dict[tuple[str, str], dict[str, Any]] = {}
         self.credentials: dict[tuple[str, str], CredentialView] = {}
         self.setting_bodies: dict[str, dict[str, Any]] = {}
         self._setting_locks: dict[str, asyncio.Lock] = {}
         self.settings: dict[str, SettingView] = {}
+        self.signing_secrets: dict[str, str] = {}  # namespace -> its setting's signing Secret
         self.next_validation: dict[str, datetime] = {}
         self.waiting: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> uid -> body
         self.phases: dict[str, str] = {}  # uid -> last seen phase (for metrics and events)
-        self.settling: set[str] = set()
+        self.settling: set[str] = set()  # uids this process is settling right now
+        # names this process in the callback claims it writes, so a restarted operator
+        # (or another replica) can tell a claim it did not make from its own
+        self.instance = secrets.token_hex(4)
         self.accepted: set[str] = set()  # uids given a first phase, until we see it come back
         # Recording watch events, one slim body per recording, deleted or not
         self.intake: WorkQueue[tuple[RecordingWork, dict[str, Any]]] = WorkQueue()
@@ -135,9 +145,18 @@ class Controller:
         }
 
     async def post_event(
-        self, body: dict[str, Any], event: Event, kind: str = recording.KIND
+        self,
+        body: dict[str, Any],
+        event: Event,
+        kind: str = recording.KIND,
+        *,
+        name: str | None = None,
     ) -> None:
-        """An Event on the object, and the same line in the log."""
+        """An Event on the object, and the same line in the log.
+
+        A `name`d Event is posted at once rather than queued: posting it again creates
+        nothing, so it is how a once-only Event survives a crash and a stale view.
+        """
         meta = body.get("metadata", {})
         message = logs.scrub(event.message)
         log.log(
@@ -150,6 +169,9 @@ class Controller:
             },
         )
         ref = {"metadata": {key: meta.get(key) for key in EVENT_REF_FIELDS}}
+        if name is not None:
+            await self.kube.post_event(ref, kind, event.type, event.reason, message, name=name)
+            return
         if event.type == "Normal" and self._events.qsize() >= EVENT_QUEUE_NORMAL:
             metrics.EVENTS_DROPPED.labels(type=event.type).inc()
             return
@@ -218,23 +240,29 @@ class Controller:
             access_key_id_key=ref.get("accessKeyIdKey", "AWS_ACCESS_KEY_ID"),
             secret_access_key_key=ref.get("secretAccessKeyKey", "AWS_SECRET_ACCESS_KEY"),
             session_token_key=ref.get("sessionTokenKey"),
+            secret_version=result.status.get("secretVersion"),
         )
         changed = self.credentials.get(key) != view
         self.credentials[key] = view
         if changed and refresh_settings:
-            await self._refresh_setting(namespace)
+            # new keys (or a new credential): what the bucket said about the old ones
+            # no longer holds, so ask it again now rather than at the next interval
+            await self._refresh_setting(namespace, force_validation=True)
 
     def forget_credential(self, namespace: str, name: str) -> None:
         self.credential_bodies.pop((namespace, name), None)
         self.credentials.pop((namespace, name), None)
 
     async def on_secret(self, namespace: str, name: str) -> None:
-        """A Secret changed: re-check the credentials that use it."""
+        """A Secret changed: re-check the credentials that use it, and the setting that
+        signs its callbacks with it."""
         for (ns, cred_name), view in list(self.credentials.items()):
             if ns == namespace and view.secret_name == name:
                 body = self.credential_bodies.get((ns, cred_name))
                 if body is not None:
                     await self.on_credential(body)
+        if self.signing_secrets.get(namespace) == name:
+            await self._refresh_setting(namespace)
 
     def notice_secret(self, namespace: str, name: str) -> None:
         """A Secret's metadata changed (the watch brings no body): re-read it if it is used."""
@@ -242,7 +270,7 @@ class Controller:
             self._spawn(self.on_secret(namespace, name))
 
     def uses_secret(self, namespace: str, name: str) -> bool:
-        return any(
+        return self.signing_secrets.get(namespace) == name or any(
             ns == namespace and view.secret_name == name
             for (ns, _), view in self.credentials.items()
         )
@@ -306,6 +334,8 @@ class Controller:
             )
         ):
             validated = await self._validate(namespace, evaluation, credential)
+        refusal = settings.refusal(validated, current, generation) if evaluation.ready else None
+        refused = settings.refused_evaluation(evaluation, *refusal) if refusal else None
         status = settings.status_for(
             evaluation,
             generation=generation,
@@ -314,6 +344,8 @@ class Controller:
             validated=validated,
             validation_time=now if validated else None,
             now=now,
+            refused=refused,
+            signing=await self._signing(namespace, evaluation),
         )
         if not _same(status, current):
             await self._patch_status(voicestoragesetting.PLURAL, body, status)
@@ -330,18 +362,39 @@ class Controller:
             spec=evaluation.spec,
             location=evaluation.location,
             public_key_sid=evaluation.public_key_sid,
-            ready=evaluation.ready,
-            reason=evaluation.reason,
-            message=evaluation.message,
+            ready=(refused or evaluation).ready,
+            reason=(refused or evaluation).reason,
+            message=(refused or evaluation).message,
             default_window_seconds=self.config.default_retry_window_seconds,
+            refused=refused is not None,
         )
         old = self.settings.get(namespace)
         self.settings[namespace] = view
         if view.ready and (old is None or not old.ready or old.generation != view.generation):
             self._redrive_waiting(namespace)
 
+    async def _signing(
+        self, namespace: str, evaluation: settings.SettingEvaluation
+    ) -> tuple[bool, str, str] | None:
+        """Whether the setting's callbacks can be signed; None if it names no key."""
+        callback = evaluation.spec.status_callback if evaluation.spec else None
+        ref = callback.signing_key_ref if callback else None
+        if ref is None:
+            self.signing_secrets.pop(namespace, None)
+            return None
+        self.signing_secrets[namespace] = ref.name
+        found = await self.kube.secret_data(namespace, ref.name)
+        problem = callbacks.signing_problem(
+            namespace, ref.name, ref.key, found[1] if found else None
+        )
+        if problem is not None:
+            reason, why = problem
+            return False, reason, f"{why}: status callbacks are not sent"
+        return True, "SigningKeyFound", f"callbacks are signed with {ref.key!r} of {ref.name!r}"
+
     def forget_setting(self, namespace: str, name: str) -> None:
         if name == SETTING_NAME:
+            self.signing_secrets.pop(namespace, None)
             self.setting_bodies.pop(namespace, None)
             self.settings.pop(namespace, None)
             self.next_validation.pop(namespace, None)
@@ -371,10 +424,10 @@ class Controller:
             ].get("resourceVersion"):
                 await self._apply_setting(body, force_validation=False)
 
-    async def _refresh_setting(self, namespace: str) -> None:
+    async def _refresh_setting(self, namespace: str, *, force_validation: bool = False) -> None:
         body = self.setting_bodies.get(namespace)
         if body is not None:
-            await self.on_setting(body)
+            await self.on_setting(body, force_validation=force_validation)
 
     async def _validate(
         self,
@@ -398,7 +451,7 @@ class Controller:
     async def _setting_events(
         self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]
     ) -> None:
-        for type_ in ("Ready", "Validated"):
+        for type_ in ("Ready", "Validated", "CallbackSigning"):
             before, after = find(old.get("conditions"), type_), find(new.get("conditions"), type_)
             if after and (before is None or before.get("reason") != after.get("reason")):
                 good = after.get("status") == "True" or after.get("reason") == "Disabled"
@@ -571,8 +624,20 @@ class Controller:
         if pod is not None and self.scheduler.ready and not self.scheduler.pod_is_known(pod):
             await self._pod_lost(body)
         if decision.settle and rec.uid not in self.settling:
+            # one settle at a time here; a stale view that comes after it loses the claim
             self.settling.add(rec.uid)
             self._spawn(self._settle(body))
+
+    def _hold(self, entry: QueueEntry) -> bool:
+        """At launch: an upload into a configuration the bucket has refused since it was
+        queued is not made (it would fail fatally and delete the media). The recording is
+        read again, and the rules make it wait for the setting."""
+        setting = self.settings.get(entry.namespace)
+        if entry.action != "upload" or setting is None or not setting.refuses(entry.snapshot):
+            return False
+        ref = {"namespace": entry.namespace, "name": entry.name, "uid": entry.uid}
+        self.intake.put(entry.uid, ("reread", {"metadata": ref}), urgent=True)
+        return True
 
     def _enqueue(self, body: dict[str, Any], rv: str, decision: Decision) -> None:
         assert decision.queue is not None
@@ -656,65 +721,102 @@ class Controller:
         """Final conditions and the status callback of a Completed or Failed recording."""
         rec = RecordingView.from_body(body)
         try:
-            await self._settle_once(rec, body)
+            await self._settle_once(rec)
         except Exception:
             log.exception("settling failed", extra={"recording": f"{rec.namespace}/{rec.name}"})
         finally:
             self.settling.discard(rec.uid)
 
-    async def _settle_once(self, rec: RecordingView, body: dict[str, Any]) -> None:
-        now = self.clock()
-        status = rec.status
-        completed = rec.phase is Phase.COMPLETED
-        updates = []
-        conditions = status.get("conditions") or []
-        if find(conditions, "Stored") is None:
-            if completed:
-                updates.append(
-                    condition(
-                        "Stored",
-                        True,
-                        "Uploaded",
-                        f"stored at {status.get('mediaUrl')}",
-                        now,
-                        rec.generation,
-                    )
-                )
-                metrics.UPLOADED_BYTES.inc(int(status.get("size") or 0))
-                done = parse_time(status.get("completionTime")) or now
-                metrics.UPLOAD_LATENCY.observe(max(0.0, (done - rec.created).total_seconds()))
-                await self.post_event(
-                    body, Event("Normal", "Stored", f"stored at {status.get('mediaUrl')}")
-                )
-            else:
-                message = f"error {status.get('errorCode')}: {status.get('errorMessage')}"
-                updates.append(
-                    condition("Stored", False, "UploadFailed", message, now, rec.generation)
-                )
-                await self.post_event(body, Event("Warning", "Failed", message))
-        snapshot = rec.snapshot
-        attempts = None
-        if snapshot and snapshot.callback_url and find(conditions, "CallbackDelivered") is None:
-            delivered, reason, message, attempts = await self._callback(rec, snapshot)
-            updates.append(
-                condition("CallbackDelivered", delivered, reason, message, now, rec.generation)
-            )
-            metrics.CALLBACKS.labels(result="delivered" if delivered else "failed").inc()
-            await self.post_event(
-                body, Event("Normal" if delivered else "Warning", f"Callback{reason}", message)
-            )
-        if not updates:
-            return
-        patch: dict[str, Any] = {"conditions": merge_conditions(conditions, updates)}
-        if attempts is not None:
-            patch["callbackAttempts"] = attempts
-        try:
-            await self.kube.patch_status(recording.PLURAL, rec.namespace, rec.name, patch)
-        except Exception as exc:
-            if not is_status(exc, 404):
-                raise
+    async def _settle_once(self, rec: RecordingView) -> None:
+        """Claim the settlement with a write guarded by the version decided on, then act.
 
-    async def _callback(self, rec: RecordingView, snapshot: Any) -> tuple[bool, str, str, int]:
+        The same completion reaches this operator several ways (the uploader's watch event,
+        a resync page listed a moment earlier, a re-drive), some of them already stale. An
+        unguarded write let each of them settle it again: two Stored Events, two callbacks.
+        Only the view that is still current wins the claim; a stale one gets 409 and looks
+        again at the current object, which shows the claim.
+        """
+        for _ in range(SETTLE_CLAIM_TRIES):
+            plan = settlement(rec, self.clock(), self.instance)
+            if plan is None:
+                return
+            if plan.event is not None:
+                # named after the outcome: a second post (a stale view, a restart after a
+                # crash between this and the claim) creates no second Event
+                await self.post_event(rec.body_ref(), plan.event, name=plan.event_name)
+            claimed, current = await self._write_guarded(rec, plan.status)
+            if claimed is not None:
+                break
+            if current is None:
+                return  # gone
+            rec = current
+        else:
+            return  # still contended: the next event or resync brings it back
+        if plan.event is not None and rec.phase is Phase.COMPLETED:
+            metrics.UPLOADED_BYTES.inc(int(rec.status.get("size") or 0))
+            done = parse_time(rec.status.get("completionTime")) or self.clock()
+            metrics.UPLOAD_LATENCY.observe(max(0.0, (done - rec.created).total_seconds()))
+        if plan.callback:
+            await self._call_back(RecordingView.from_body(slim(claimed)), plan.idempotency_token)
+
+    async def _write_guarded(
+        self, rec: RecordingView, patch: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, RecordingView | None]:
+        """(written object, None), or on a conflict (None, the object as it is now);
+        (None, None) once it is gone."""
+        try:
+            written = await self.kube.patch_status(
+                recording.PLURAL, rec.namespace, rec.name, patch, rec.resource_version
+            )
+            return written, None
+        except Exception as exc:
+            if not is_status(exc, 404, 409):
+                raise
+            if is_status(exc, 404):
+                return None, None
+        try:
+            body = await self.kube.get_status(recording.PLURAL, rec.namespace, rec.name)
+        except Exception as exc:
+            if is_status(exc, 404):
+                return None, None
+            raise
+        current = RecordingView.from_body(slim(body))
+        return None, current if current.uid == rec.uid else None
+
+    async def _call_back(self, rec: RecordingView, token: str) -> None:
+        """Send the claimed callback and record its result over the claim."""
+        snapshot = rec.snapshot
+        assert snapshot is not None
+        delivered, reason, message, attempts = await self._callback(rec, snapshot, token)
+        now = self.clock()
+        metrics.CALLBACKS.labels(result="delivered" if delivered else "failed").inc()
+        await self.post_event(
+            rec.body_ref(),
+            Event("Normal" if delivered else "Warning", f"Callback{reason}", message),
+        )
+        for _ in range(SETTLE_CLAIM_TRIES):
+            claim = find(rec.status.get("conditions"), "CallbackDelivered")
+            if claim is None or claim.get("reason") != SENDING:
+                return  # no longer ours to record (a manual retry started a new outcome)
+            patch = {
+                "conditions": merge_conditions(
+                    rec.status.get("conditions") or [],
+                    [
+                        condition(
+                            "CallbackDelivered", delivered, reason, message, now, rec.generation
+                        )
+                    ],
+                ),
+                "callbackAttempts": attempts,
+            }
+            written, current = await self._write_guarded(rec, patch)
+            if written is not None or current is None:
+                return
+            rec = current
+
+    async def _callback(
+        self, rec: RecordingView, snapshot: Any, token: str
+    ) -> tuple[bool, str, str, int]:
         try:
             spec = RecordingSpec.model_validate(rec.spec)
         except ValidationError:
@@ -722,15 +824,17 @@ class Controller:
         signing_key = None
         if snapshot.callback_signing_secret:
             found = await self.kube.secret_data(rec.namespace, snapshot.callback_signing_secret)
-            value = (found[1] if found else {}).get(snapshot.callback_signing_key or "", b"")
-            if not value:
-                return (
-                    False,
-                    "SigningKeyMissing",
-                    f"Secret {snapshot.callback_signing_secret!r} has no key "
-                    f"{snapshot.callback_signing_key!r}; callback not sent",
-                    0,
-                )
+            problem = callbacks.signing_problem(
+                rec.namespace,
+                snapshot.callback_signing_secret,
+                snapshot.callback_signing_key or "",
+                found[1] if found else None,
+            )
+            if problem is not None:
+                reason, why = problem
+                return False, reason, f"{why}; callback not sent", 0
+            assert found is not None
+            value = found[1][snapshot.callback_signing_key or ""]
             signing_key = value.decode("utf-8", errors="replace").strip()
             logs.register_secret(signing_key)
         params = callbacks.callback_params(spec, rec.status | {"sid": rec.sid})
@@ -740,6 +844,7 @@ class Controller:
             signing_key,
             attempts=self.config.callback_attempts,
             timeout=self.config.callback_timeout,
+            idempotency_token=token,
         )
         reason = "Delivered" if result.delivered else "DeliveryFailed"
         message = f"{result.detail} after {result.attempts} attempt(s) to {snapshot.callback_url}"

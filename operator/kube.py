@@ -309,14 +309,23 @@ class Kube:
         return list(result.items or [])
 
     async def post_event(
-        self, obj: dict[str, Any], kind: str, type_: str, reason: str, message: str
+        self,
+        obj: dict[str, Any],
+        kind: str,
+        type_: str,
+        reason: str,
+        message: str,
+        name: str | None = None,
     ) -> None:
-        """A core/v1 Event about `obj`. Best effort: an Event is never worth a failure."""
+        """A core/v1 Event about `obj`. Best effort: an Event is never worth a failure.
+
+        With a `name`, an Event of that name already there is the same Event: nothing new.
+        """
         meta = obj.get("metadata", {})
         now = datetime.now(UTC)
         event = {
             "metadata": {
-                "name": f"{meta.get('name', 'object')}.{uuid.uuid4().hex[:16]}",
+                "name": name or f"{meta.get('name', 'object')}.{uuid.uuid4().hex[:16]}",
                 "namespace": meta.get("namespace"),
             },
             "involvedObject": {
@@ -341,5 +350,6 @@ class Kube:
             await self._call(
                 "create", "events", self.core.create_namespaced_event, meta.get("namespace"), event
             )
-        except Exception:
-            metrics.EVENT_FAILURES.inc()
+        except Exception as exc:
+            if name is None or not is_status(exc, 409):
+                metrics.EVENT_FAILURES.inc()

@@ -9,6 +9,7 @@ carries the decisions out.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,7 +25,7 @@ from voicevault.crds.recording import (
     RecordingSpec,
     StorageSnapshot,
 )
-from voicevault.operator.conditions import find, iso, parse_time
+from voicevault.operator.conditions import condition, find, iso, merge_conditions, parse_time
 from voicevault.operator.retrypolicy import RetryPolicy, next_retry
 from voicevault.operator.settings import SettingView
 from voicevault.operator.sids import recording_sid
@@ -118,6 +119,17 @@ class RecordingView:
         except ValidationError:
             return None
 
+    def body_ref(self) -> dict[str, Any]:
+        """Enough of the object for an Event to name it."""
+        return {
+            "metadata": {
+                "namespace": self.namespace,
+                "name": self.name,
+                "uid": self.uid,
+                "resourceVersion": self.resource_version,
+            }
+        }
+
     @property
     def sid(self) -> str:
         return str(self.status.get("sid") or recording_sid(self.uid))
@@ -136,6 +148,11 @@ def reconcile(rec: RecordingView, setting: SettingView | None, now: datetime) ->
     phase = rec.phase
     if phase is None or (phase is Phase.PENDING and rec.snapshot is None):
         _accept(rec, setting, now, decision)
+    elif phase in (Phase.PENDING, Phase.RETRYING) and setting and setting.refuses(rec.snapshot):
+        # accepted while the configuration worked, refused by the bucket since: no upload
+        # into a known refusal (it would delete the media); wait as a new recording would
+        _wait_for_setting(rec, setting, now, decision, {}, window=_window(rec))
+        decision.unqueue = True
     elif phase is Phase.PENDING:
         decision.queue = QueueRequest("upload", now)
     elif phase is Phase.RETRYING:
@@ -211,9 +228,10 @@ def _wait_for_setting(
     decision: Decision,
     base: dict[str, Any],
     problem: str | None = None,
+    window: timedelta | None = None,
 ) -> None:
     """The setting is not ready: wait, for as long as a retry window, then keep it cached."""
-    window = timedelta(seconds=setting.retry_window_seconds)
+    window = window or timedelta(seconds=setting.retry_window_seconds)
     why = problem or f"{setting.reason}: {setting.message}"
     if now >= rec.created + window:
         message = (
@@ -237,6 +255,11 @@ def _wait_for_setting(
             "message": message,
         }
         decision.events.append(Event("Warning", "SettingNotReady", message))
+
+
+def _window(rec: RecordingView) -> timedelta | None:
+    snapshot = rec.snapshot
+    return timedelta(seconds=snapshot.retry_window_seconds) if snapshot else None
 
 
 def _retry_requested(rec: RecordingView) -> bool:
@@ -271,6 +294,14 @@ def _manual_retry(rec: RecordingView, now: datetime, decision: Decision) -> None
         "errorClass": None,
         "errorMessage": None,
         "message": message,
+        # the next outcome is settled afresh: its own Stored condition and callback
+        "conditions": [
+            c
+            for c in rec.status.get("conditions") or []
+            if c.get("type") not in ("Stored", "CallbackDelivered")
+        ]
+        or None,
+        "callbackAttempts": None,
     }
     decision.events.append(Event("Normal", "ManualRetry", message))
     decision.queue = QueueRequest("upload", now)
@@ -280,9 +311,91 @@ def _needs_settling(rec: RecordingView) -> bool:
     conditions = rec.status.get("conditions") or []
     if find(conditions, "Stored") is None:
         return True
+    return _callback_owed(rec)
+
+
+def _callback_owed(rec: RecordingView) -> bool:
+    """A callback is due and no result is recorded (never sent, or its sender died)."""
     snapshot = rec.snapshot
-    return (
-        bool(snapshot and snapshot.callback_url) and find(conditions, "CallbackDelivered") is None
+    if not (snapshot and snapshot.callback_url):
+        return False
+    delivered = find(rec.status.get("conditions"), "CallbackDelivered")
+    return delivered is None or delivered.get("status") == "Unknown"
+
+
+# -- settling a finished recording -------------------------------------------------------
+
+SENDING = "Sending"  # CallbackDelivered=Unknown: claimed, the callback is on its way
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The claim on a finished recording's settlement, and what its winner does next.
+
+    `status` is written guarded by the resourceVersion the decision was made on, so of
+    all the views of one completion (watch event, resync page, a re-read) exactly one
+    wins; the Event and the callback belong to the winner only.
+    """
+
+    status: dict[str, Any]
+    event: Event | None  # the Stored or Failed Event (posted under `event_name`)
+    event_name: str
+    callback: bool  # the winner sends the status callback
+    idempotency_token: str
+
+
+def outcome_key(rec: RecordingView) -> str:
+    """Stable per recording and outcome (a manual retry starts a new outcome)."""
+    text = "|".join(
+        (
+            rec.uid,
+            str(rec.status.get("phase")),
+            str(rec.status.get("errorCode") or 0),
+            str(rec.status.get("retryRequest") or ""),
+        )
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def settlement(rec: RecordingView, now: datetime, claimer: str) -> Settlement | None:
+    """What settling this Completed or Failed recording writes first; None if nothing."""
+    if rec.phase not in (Phase.COMPLETED, Phase.FAILED) or rec.deleting:
+        return None
+    conditions = rec.status.get("conditions") or []
+    updates = []
+    event = None
+    if find(conditions, "Stored") is None:
+        if rec.phase is Phase.COMPLETED:
+            message = f"stored at {rec.status.get('mediaUrl')}"
+            updates.append(condition("Stored", True, "Uploaded", message, now, rec.generation))
+            event = Event("Normal", "Stored", message)
+        else:
+            message = f"error {rec.status.get('errorCode')}: {rec.status.get('errorMessage')}"
+            updates.append(condition("Stored", False, "UploadFailed", message, now, rec.generation))
+            event = Event("Warning", "Failed", message)
+    callback = _callback_owed(rec)
+    if callback:
+        url = rec.snapshot.callback_url if rec.snapshot else None
+        updates.append(
+            condition(
+                "CallbackDelivered",
+                "Unknown",
+                SENDING,
+                f"sending the status callback to {url} (operator {claimer})",
+                now,
+                rec.generation,
+            )
+        )
+    if not updates:
+        return None
+    key = outcome_key(rec)
+    outcome = "completed" if rec.phase is Phase.COMPLETED else "failed"
+    return Settlement(
+        status={"conditions": merge_conditions(conditions, updates)},
+        event=event,
+        event_name=f"{rec.name}.{key}",
+        callback=callback,
+        idempotency_token=f"{rec.sid}-{outcome}-{key}",
     )
 
 

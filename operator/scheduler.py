@@ -74,8 +74,10 @@ class Scheduler:
         resolve_credential: CredentialResolver,
         post_event: EventPoster,
         clock: Clock = utcnow,
+        hold: Callable[[QueueEntry], bool] = lambda _: False,
     ) -> None:
         self.kube = kube
+        self.hold = hold  # True: not to be uploaded now (the controller takes it back)
         self.config = config
         self.resolve_credential = resolve_credential
         self.post_event = post_event
@@ -246,6 +248,8 @@ class Scheduler:
         by_ref: dict[tuple[str, str], CredentialFile | None] = {}
         usable: list[QueueEntry] = []
         for entry in entries:
+            if self.hold(entry):
+                continue
             ref = (entry.namespace, entry.snapshot.credential_name)
             if ref not in by_ref:
                 found = await self.resolve_credential(*ref)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from voicevault.crds.recording import StorageSnapshot
 from voicevault.crds.voicestoragesetting import VoiceStorageSettingSpec
 from voicevault.operator.conditions import condition, find, merge_conditions
 from voicevault.operator.config import DEFAULT_RETRY_WINDOW_SECONDS
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 VALIDATION_KEY_DIR = ".voicevault-validation"
+# validation answers that say the configuration cannot work (not a passing outage): the
+# setting is not Ready and its recordings wait, keeping their media
+REFUSED = frozenset({"AccessDenied", "NoSuchBucket", "UploadRejected", "CredentialUnusable"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class CredentialView:
     access_key_id_key: str
     secret_access_key_key: str
     session_token_key: str | None
+    secret_version: str | None = None  # a new version of its Secret: validate again
 
 
 @dataclass(frozen=True)
@@ -56,10 +61,23 @@ class SettingView:
     reason: str
     message: str
     default_window_seconds: int = DEFAULT_RETRY_WINDOW_SECONDS
+    refused: bool = False  # the bucket refused this configuration's test upload
 
     @property
     def enabled(self) -> bool:
         return self.spec is not None and self.spec.external_storage.enabled
+
+    def refuses(self, snapshot: StorageSnapshot | None) -> bool:
+        """The configuration `snapshot` uploads with is the one the bucket refused."""
+        if not self.refused or snapshot is None or self.spec is None or self.location is None:
+            return False
+        storage = self.spec.external_storage
+        return (
+            snapshot.bucket == self.location.bucket
+            and snapshot.endpoint_url == storage.endpoint_url
+            and storage.credential_ref is not None
+            and snapshot.credential_name == storage.credential_ref.name
+        )
 
     @property
     def retry_window_seconds(self) -> int:
@@ -153,6 +171,37 @@ def _cross_namespace(namespace: str, spec: VoiceStorageSettingSpec) -> str | Non
     return None
 
 
+def refusal(
+    validated: tuple[bool, str, str] | None, current: dict[str, Any], generation: int
+) -> tuple[str, str] | None:
+    """(reason, message) when the bucket refused this generation's configuration: from
+    the check that just ran, else from the last one recorded for this generation."""
+    if validated is not None:
+        ok, reason, message = validated
+        return (reason, message) if not ok and reason in REFUSED else None
+    last = find(current.get("conditions"), "Validated")
+    if (
+        last is not None
+        and current.get("validatedGeneration") == generation
+        and last.get("status") == "False"
+        and last.get("reason") in REFUSED
+    ):
+        return str(last["reason"]), str(last.get("message", ""))
+    return None
+
+
+def refused_evaluation(evaluation: SettingEvaluation, reason: str, why: str) -> SettingEvaluation:
+    """A complete setting the bucket refused: not Ready, for the bucket's reason."""
+    return SettingEvaluation(
+        False,
+        reason,
+        f"the bucket refused the test upload: {why}; recordings wait, keeping their media",
+        spec=evaluation.spec,
+        location=evaluation.location,
+        public_key_sid=evaluation.public_key_sid,
+    )
+
+
 def status_for(
     evaluation: SettingEvaluation,
     *,
@@ -162,12 +211,17 @@ def status_for(
     validated: tuple[bool, str, str] | None,
     validation_time: datetime | None,
     now: datetime,
+    refused: SettingEvaluation | None = None,
+    signing: tuple[bool, str, str] | None = None,
 ) -> dict[str, Any]:
-    """The complete desired status. `validated` is None when no check ran this time."""
+    """The complete desired status. `validated` is None when no check ran this time;
+    `refused` is the Ready verdict when the bucket refused the configuration; `signing`
+    is whether callbacks can be signed (None: no signing key is named)."""
     location = evaluation.location
-    updates = [
-        condition("Ready", evaluation.ready, evaluation.reason, evaluation.message, now, generation)
-    ]
+    ready = refused or evaluation
+    updates = [condition("Ready", ready.ready, ready.reason, ready.message, now, generation)]
+    if signing is not None:
+        updates.append(condition("CallbackSigning", *signing, now, generation))
     if validated is not None:
         ok, reason, message = validated
         updates.append(condition("Validated", ok, reason, message, now, generation))
@@ -206,7 +260,11 @@ def status_for(
         if validated is not None
         else current.get("validatedGeneration"),
         "observedGeneration": generation,
-        "conditions": merge_conditions(current.get("conditions") or [], updates),
+        "conditions": [
+            c
+            for c in merge_conditions(current.get("conditions") or [], updates)
+            if signing is not None or c.get("type") != "CallbackSigning"
+        ],
     }
     return status
 

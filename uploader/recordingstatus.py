@@ -41,7 +41,14 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def completed_patch(result: UploadResult, status: dict[str, Any], at: str) -> dict[str, Any]:
+TERMINAL = (Phase.COMPLETED.value, Phase.FAILED.value)
+
+
+def completed_patch(result: UploadResult, status: dict[str, Any], at: str) -> dict[str, Any] | None:
+    """None when the status already says so: a write whose answer was lost and that is
+    retried must not write the outcome a second time (with a new completionTime)."""
+    if status.get("phase") in TERMINAL:
+        return None
     upload = dict(status.get("upload") or {})
     upload.update({"bytesSent": result.size, "bytesTotal": result.size})
     return {
@@ -62,7 +69,9 @@ def completed_patch(result: UploadResult, status: dict[str, Any], at: str) -> di
 
 def failed_patch(
     error: UploadError, status: dict[str, Any], at: str, *, media_deleted: bool
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    if status.get("phase") in TERMINAL:
+        return None
     return {
         "phase": Phase.FAILED.value,
         "reason": Reason.FATAL_ERROR.value,
@@ -76,7 +85,10 @@ def failed_patch(
     }
 
 
-def progress_patch(sent: int, total: int, status: dict[str, Any], at: str) -> dict[str, Any]:
+def progress_patch(sent: int, total: int, status: dict[str, Any], at: str) -> dict[str, Any] | None:
+    """None once the outcome is written: progress never moves a finished recording back."""
+    if status.get("phase") in TERMINAL:
+        return None
     upload = dict(status.get("upload") or {})
     upload.setdefault("startedAt", at)
     upload.update({"bytesSent": sent, "bytesTotal": total})

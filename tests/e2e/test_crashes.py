@@ -40,8 +40,11 @@ def test_operator_sigkilled_mid_batch_every_recording_completes_once(
         live_stack.record(account, name, data[name], node=live_stack.nodes[i % 2])
 
     def in_flight() -> bool:
+        # Scheduled is written before the pod is created: killed in between, no pod would
+        # carry on, so wait for one the stand-in kubelet is running
+        running = any(p.status and p.status.phase == "Running" for p in live_stack.uploader_pods())
         phases = {s.get("phase") for s in _statuses(live_stack, account.namespace, names).values()}
-        return bool(phases & {"Scheduled", "Uploading"})
+        return running and bool(phases & {"Scheduled", "Uploading"})
 
     wait_for(in_flight, timeout=60, what="an uploader pod at work")
     live_stack.operator.kill()

@@ -160,13 +160,19 @@ def test_no_secret_leaks_anywhere(
         proxy.clear_rules()
         live_stack.wait_phase(account.namespace, "secretive", "Completed", timeout=90)
 
-        denied = live_stack.add_account(secret_access_key="wrong-" + os.urandom(16).hex())
+        # the two accounts below would be refused by their validation, and their
+        # recordings would then wait without a pod: a validation the bucket cannot answer
+        # (503) leaves them Ready, so their keys go all the way to an uploader pod
+        proxy.add_rule(Rule(action=Respond(503, "SlowDown", "wait"), path_regex="validation"))
+        denied = live_stack.add_account(
+            secret_access_key="wrong-" + os.urandom(16).hex(), endpoint=proxy.url
+        )
         live_stack.record(denied, "denied", os.urandom(1000))
         live_stack.wait_phase(denied.namespace, "denied", "Failed", timeout=60)
         # temporary credentials: moto refuses a session token on an IAM user's key, so this
         # upload fails (InvalidToken); the token still went through validation and a pod
         token = "IQoJb3JpZ2luX2VjE" + os.urandom(24).hex()
-        tokened = live_stack.add_account(session_token=token)
+        tokened = live_stack.add_account(session_token=token, endpoint=proxy.url)
         live_stack.record(tokened, "tokened", os.urandom(1000))
         live_stack.wait_phase(tokened.namespace, "tokened", "Failed", "Completed", timeout=60)
         live_stack.wait_condition(account.namespace, "recordings", "secretive", "CallbackDelivered")

@@ -234,15 +234,25 @@ def test_node_harness_gone_longer_than_the_window(
     account = stack.add_account(
         retry={"windowSeconds": 25, "initialBackoffSeconds": 2, "maxBackoffSeconds": 5}
     )
+    # a pod still finishing an earlier test's batch would die with the harness, and with
+    # no node controller in the bed to evict it, stay Running and hold its node for good
+    wait_for(lambda: not stack.uploader_pods(), timeout=60, what="earlier uploader pods gone")
     stack.kubelet.stop()  # the node's kubelet is gone: pods bound there never start
     ledger.add("node harness gone")
     data, node_of = _record_many(stack, account, 3, big_every=100)
-    wait_for(
-        lambda: invariants.settled(stack, account.namespace, list(data)),
-        timeout=180,
-        interval=1,
-        what="the window to end",
-    )
+
+    def window_over() -> dict[str, object] | None:
+        if invariants.settled(stack, account.namespace, list(data)):
+            return {"settled": True}
+        phases = {n: stack.get(account.namespace, "recordings", n).get("status") for n in data}
+        seen[:] = [phases, [p.metadata and p.metadata.name for p in stack.uploader_pods()]]
+        return None
+
+    seen: list[object] = []
+    try:
+        wait_for(window_over, timeout=180, interval=1, what="the window to end")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; statuses and uploader pods: {seen}") from None
     outcome = invariants.check(stack, account, data, node_of)
     outcome.assert_clean()
     assert outcome.phases == {"Cached": 3}, "media kept on the node, nothing lost"

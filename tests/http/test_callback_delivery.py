@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.callbacks import CallbackReceiver
-from voicevault.operator.callbacks import Delivery, deliver
+from voicevault.operator.callbacks import IDEMPOTENCY_HEADER, Delivery, deliver, signing_problem
 from voicevault.operator.signature import SIGNATURE_HEADER, verify_twilio_signature
 
 KEY = "auth-token-123456"
@@ -97,3 +97,24 @@ def test_nobody_listening_is_retried_then_reported() -> None:
     result = _deliver(f"http://127.0.0.1:{port}/callbacks", attempts=2)
     assert not result.delivered and result.attempts == 2
     assert result.detail.startswith("Client"), result.detail
+
+
+def test_every_attempt_carries_the_same_idempotency_token(receiver: CallbackReceiver) -> None:
+    receiver.script = [500, 429]
+    token = "RE" + "a" * 32 + "-completed-0123456789abcdef"
+    result = asyncio.run(
+        deliver(receiver.url(), PARAMS, KEY, attempts=4, first_delay=0.01, idempotency_token=token)
+    )
+    assert result.delivered and result.attempts == 3
+    assert [r.headers.get(IDEMPOTENCY_HEADER) for r in receiver.received] == [token] * 3
+
+
+def test_a_signing_key_problem_names_what_is_missing() -> None:
+    assert signing_problem("acme", "keys", "authToken", None) == (
+        "SigningSecretNotFound",
+        "signing Secret 'keys' not found in 'acme'",
+    )
+    reason, message = signing_problem("acme", "keys", "authToken", {"other": b"x"}) or ("", "")
+    assert reason == "SigningKeyMissing" and "'authToken'" in message
+    assert signing_problem("acme", "keys", "authToken", {"authToken": b" \n"}) is not None
+    assert signing_problem("acme", "keys", "authToken", {"authToken": b"k"}) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,9 +20,11 @@ class Received:
 @dataclass
 class CallbackReceiver:
     """Collects POSTs; answers `script` in order first, then `status` (200 by default;
-    set it to make deliveries fail)."""
+    set it to make deliveries fail). `latency` is how long each answer takes, as a
+    receiver across the internet would."""
 
     status: int = 200
+    latency: float = 0.0
     script: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -38,6 +41,8 @@ class CallbackReceiver:
                 with receiver._lock:
                     receiver.received.append(Received(self.path, dict(self.headers), params))
                     status = receiver.script.pop(0) if receiver.script else receiver.status
+                if receiver.latency:
+                    time.sleep(receiver.latency)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

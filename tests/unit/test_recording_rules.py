@@ -11,7 +11,12 @@ import pytest
 from tests.support import samples
 from voicevault.crds.recording import FINALIZER, RETRY_ANNOTATION
 from voicevault.operator import settings
-from voicevault.operator.recordings import RecordingView, reconcile, transient_failure
+from voicevault.operator.recordings import (
+    RecordingView,
+    reconcile,
+    settlement,
+    transient_failure,
+)
 from voicevault.operator.settings import CredentialView, SettingView
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -253,3 +258,95 @@ def test_transient_failure_backs_off_then_caches_at_the_window_end() -> None:
     )
     assert patch2["phase"] == "Cached" and patch2["nextRetryTime"] is None
     assert "media kept on node n" in patch2["message"] and event2.reason == "Cached"
+
+
+def _completed_with_callback() -> dict[str, Any]:
+    done = _accepted() | {"phase": "Completed", "mediaUrl": "https://x/y"}
+    done["storage"] = done["storage"] | {"callbackUrl": "https://hooks.example/cb"}
+    return done
+
+
+def test_the_settlement_claim_carries_stored_and_the_callback_in_one_write() -> None:
+    done = _completed_with_callback()
+    plan = settlement(_rec(done), NOW, "op1")
+    assert plan is not None
+    by_type = {c["type"]: c for c in plan.status["conditions"]}
+    assert by_type["Stored"]["status"] == "True"
+    assert by_type["CallbackDelivered"]["status"] == "Unknown"
+    assert "op1" in by_type["CallbackDelivered"]["message"]
+    assert plan.event is not None and plan.event.reason == "Stored"
+    assert plan.callback
+    # once the claim is written, the same view of the object has nothing left but the
+    # callback (whose sender is known to be this process, or dead)
+    claimed = _rec(done | plan.status)
+    again = settlement(claimed, NOW, "op2")
+    assert again is not None and again.event is None and again.callback
+    delivered = [c for c in plan.status["conditions"] if c["type"] != "CallbackDelivered"]
+    delivered.append({"type": "CallbackDelivered", "status": "True", "reason": "Delivered"})
+    assert settlement(_rec(done | {"conditions": delivered}), NOW, "op1") is None
+    assert not reconcile(_rec(done | {"conditions": delivered}), _setting(), NOW).settle
+
+
+def test_the_outcome_names_its_event_and_token_stably() -> None:
+    done = _completed_with_callback()
+    first = settlement(_rec(done), NOW, "op1")
+    later = settlement(_rec(done), NOW + timedelta(minutes=5), "op2")
+    assert first is not None and later is not None
+    assert first.event_name == later.event_name, "a re-post after a crash names the same Event"
+    assert first.idempotency_token == later.idempotency_token
+    assert first.idempotency_token.startswith(done["sid"] + "-completed-")
+    failed = done | {"phase": "Failed", "errorCode": 16112}
+    other = settlement(_rec(failed), NOW, "op1")
+    assert other is not None and other.idempotency_token != first.idempotency_token
+    retried = settlement(_rec(failed | {"retryRequest": "t2"}), NOW, "op1")
+    assert retried is not None and retried.idempotency_token != other.idempotency_token
+
+
+def test_a_manual_retry_clears_the_settlement_of_the_previous_outcome() -> None:
+    failed = _accepted() | {
+        "phase": "Failed",
+        "errorCode": 16111,
+        "conditions": [{"type": "Stored", "status": "False", "reason": "UploadFailed"}],
+    }
+    decision = reconcile(_rec(failed, annotations={RETRY_ANNOTATION: "t1"}), _setting(), NOW)
+    assert decision.status is not None and decision.status["conditions"] is None
+
+
+def _refused(setting: SettingView) -> SettingView:
+    return dataclasses.replace(
+        setting, ready=False, reason="AccessDenied", message="denied", refused=True
+    )
+
+
+def test_a_queued_recording_under_a_refused_setting_waits_then_is_cached() -> None:
+    setting = _setting()
+    pending = _accepted(setting)
+    refused = _refused(setting)
+    for phase in ("Pending", "Retrying"):
+        held = reconcile(_rec(pending | {"phase": phase}), refused, NOW)
+        assert held.queue is None, "no upload into a configuration the bucket refused"
+        assert held.waiting_for_setting
+        assert held.status is not None and "AccessDenied" in held.status["message"]
+        assert "attempts" not in held.status, "waiting is not a failed attempt"
+    window = timedelta(seconds=pending["storage"]["retryWindowSeconds"])
+    late = reconcile(_rec(pending), refused, NOW + window)
+    assert late.status is not None and late.status["phase"] == "Cached"
+    assert late.queue is None
+    # the refusal is about one bucket and credential: a recording snapshotted for another
+    # bucket (the setting changed since) goes ahead
+    elsewhere = pending | {"storage": pending["storage"] | {"bucket": "older-bucket"}}
+    assert reconcile(_rec(elsewhere), refused, NOW).queue is not None
+
+
+def test_refusal_comes_from_the_check_or_from_the_recorded_one_of_this_generation() -> None:
+    assert settings.refusal((False, "AccessDenied", "no"), {}, 2) == ("AccessDenied", "no")
+    assert settings.refusal((False, "BucketUnreachable", "503"), {}, 2) is None, "an outage"
+    assert settings.refusal((True, "BucketAcceptsUploads", "ok"), {}, 2) is None
+    recorded = {
+        "validatedGeneration": 2,
+        "conditions": [
+            {"type": "Validated", "status": "False", "reason": "NoSuchBucket", "message": "m"}
+        ],
+    }
+    assert settings.refusal(None, recorded, 2) == ("NoSuchBucket", "m")
+    assert settings.refusal(None, recorded, 3) is None, "a new generation is checked afresh"
