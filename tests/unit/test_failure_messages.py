@@ -18,8 +18,10 @@ AT = "2026-11-02T10:00:00Z"
 
 def test_failed_says_local_media_deleted_only_when_it_was() -> None:
     error = fatal(ErrorCode.ACCESS_DENIED, "access denied")
-    deleted = failed_patch(error, {}, AT, media_deleted=True)["message"]
-    absent = failed_patch(error, {}, AT, media_deleted=False)["message"]
+    deleted_patch = failed_patch(error, {}, AT, media_deleted=True)
+    absent_patch = failed_patch(error, {}, AT, media_deleted=False)
+    assert deleted_patch is not None and absent_patch is not None
+    deleted, absent = deleted_patch["message"], absent_patch["message"]
     assert "local media deleted" in deleted and "16112" in deleted
     assert "deleted" not in absent.replace("nothing was deleted", "")
     assert "nothing was deleted" in absent

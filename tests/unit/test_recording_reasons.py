@@ -48,10 +48,12 @@ def test_local_and_failed_say_why() -> None:
     patch, _ = fatal_failure({}, code=16112, message="denied", now=NOW)
     assert patch["reason"] == "FatalError"
     error = fatal(ErrorCode.ACCESS_DENIED, "denied")
-    assert failed_patch(error, {}, "t", media_deleted=True)["reason"] == "FatalError"
+    failed = failed_patch(error, {}, "t", media_deleted=True)
+    assert failed is not None and failed["reason"] == "FatalError"
 
 
 def test_phases_that_speak_for_themselves_clear_a_stale_reason() -> None:
     result = UploadResult(media_url="u", key="k", size=1, source_size=1, encryption=None)
-    assert completed_patch(result, {}, "t")["reason"] is None
-    assert progress_patch(1, 2, {}, "t")["reason"] is None
+    completed, progress = completed_patch(result, {}, "t"), progress_patch(1, 2, {}, "t")
+    assert completed is not None and completed["reason"] is None
+    assert progress is not None and progress["reason"] is None
