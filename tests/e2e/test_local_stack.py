@@ -103,8 +103,14 @@ def bed_process(
         yield run
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+            # SIGTERM first: the bed stops what it started (the operator runs in a session
+            # of its own, which a SIGKILL of this group would leave running)
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
 
 
 def leftovers(env: dict[str, str]) -> list[str]:
