@@ -230,6 +230,8 @@ class Stack:
     def start(self) -> Stack:
         apply_crds(self.cp.admin_kubeconfig)
         self._install_rbac()
+        for node in self.nodes:  # a recording node has its recordings folder, files or not
+            (self.kubelet.node_dir(node) / HOST_PATH.lstrip("/")).mkdir(parents=True, exist_ok=True)
         self.kubelet.start()
         self.api_relay.start()
         self.operator.start()
