@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.faultledger import print_fault_ledger
 
-pytest_plugins = ["tests.bed.fixtures", "tests.bed.stack_fixtures"]
+pytest_plugins = ["tests.bed.fixtures", "tests.bed.stack_fixtures", "tests.bed.realnode_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -167,29 +167,7 @@ class ControlPlane:
         return context
 
     def _write_kubeconfig(self, path: Path, client: certs.CertPair, user: str = "admin") -> Path:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "voicevault-test",
-                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_path)},
-                }
-            ],
-            "users": [
-                {
-                    "name": user,
-                    "user": {
-                        "client-certificate": str(client.cert),
-                        "client-key": str(client.key),
-                    },
-                }
-            ],
-            "contexts": [{"name": user, "context": {"cluster": "voicevault-test", "user": user}}],
-            "current-context": user,
-        }
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return path
+        return write_kubeconfig(path, self.server, self.ca_path, client, user)
 
     def kubeconfig_for(self, user: str, groups: list[str]) -> Path:
         """Kubeconfig authenticating as ``user`` in ``groups`` (no RBAC granted here)."""
@@ -197,6 +175,32 @@ class ControlPlane:
         slug = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', user)[:40]}-{digest}"
         pair = certs.issue_client_cert(self.ca, self.workdir / "users", user, groups, slug)
         return self._write_kubeconfig(self.workdir / "users" / f"{slug}.kubeconfig", pair, slug)
+
+
+def write_kubeconfig(
+    path: Path, server: str, ca_path: Path, client: certs.CertPair, user: str = "admin"
+) -> Path:
+    """A kubeconfig for ``server`` that authenticates with ``client``'s certificate."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "voicevault-test",
+                "cluster": {"server": server, "certificate-authority": str(ca_path)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate": str(client.cert), "client-key": str(client.key)},
+            }
+        ],
+        "contexts": [{"name": user, "context": {"cluster": "voicevault-test", "user": user}}],
+        "current-context": user,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def api_client(kubeconfig: Path) -> Any:
