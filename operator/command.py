@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 from typing import Any
 
 from voicevault import logs
@@ -239,6 +240,9 @@ def run(args: argparse.Namespace) -> int:
             namespaces=args.namespace or [],
             liveness_endpoint=f"http://{args.bind_address}:{args.health_port}/healthz",
             memo=kopf.Memo(controller=controller),
+            # kopf's default identity asks the passwd database for the user's name: the
+            # image runs as a numeric UID with no entry there, which made it crash at start
+            identity=f"voicevault@{socket.gethostname()}",
         )
     finally:
         kube.close()
