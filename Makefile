@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make demo   set up everything and run the whole loop once on a local stack
 #   make test   run the test suite (what CI runs)
+#   make demo-cluster  the demo's journey on a real one-node cluster (root; builds images)
 # Binaries (kube-apiserver, etcd, kubectl, helm, MinIO) are built or fetched once into
 # ~/.cache/voicevault (override with VOICEVAULT_CACHE); later runs start in seconds.
 
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo up test lint typecheck binaries bench clean
+.PHONY: demo demo-cluster images up test lint typecheck binaries bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,12 @@ binaries: $(STAMP)
 demo: binaries
 	$(BIN)/python -m tests.bed demo
 
+demo-cluster: binaries images
+	$(BIN)/python -m tests.bed demo-cluster
+
+images: $(STAMP)
+	$(BIN)/python -m tests.bed.images
+
 up: binaries
 	$(BIN)/python -m tests.bed up
 
@@ -35,7 +42,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: binaries lint typecheck
+test: binaries images lint typecheck
 	$(BIN)/voicevault crds --check crds charts/voicevault/crds
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -q
 

@@ -4,6 +4,9 @@ demo  brings up a real kube-apiserver + etcd, an S3 server enforcing the seed's 
       policy, the operator and a node, creates an account (credential, setting, key pair),
       records a call on the node, waits for the Recording to reach Completed, then
       downloads and decrypts the object to prove it, and tears everything down.
+demo-cluster  the same journey on a real one-node cluster (kubelet, containerd): the
+      image built from the Dockerfile, `helm install` of the chart, the operator and the
+      uploader in real pods. Needs root (it makes a bridge, mounts, iptables rules).
 up    brings up the same stack with one example account and keeps it running until
       Ctrl-C, printing the KUBECONFIG to use with kubectl.
 """
@@ -85,9 +88,42 @@ def running_stack(workdir: Path) -> Iterator[tuple[Stack, CallbackReceiver]]:
                 stack.stop()
 
 
+@contextmanager
+def running_cluster(workdir: Path) -> Iterator[tuple[Stack, CallbackReceiver]]:
+    from tests.bed.cluster_stack import ClusterStack
+    from tests.bed.realnode import BRIDGE_IP, RealNode
+
+    node = RealNode()
+    timed(
+        "real node up: binaries and images ready, kubelet + containerd + kube-proxy, Node Ready",
+        node.start,
+    )
+    try:
+        say(
+            f"node {node.kubectl('get', 'nodes', '-o', 'name').strip()}, image {node.project_image}"
+        )
+        with MotoS3(workdir / "moto", host=BRIDGE_IP) as s3:
+            say(f"S3 (moto, IAM enforced with the seed policy) on {s3.endpoint_url}")
+            stack = ClusterStack(node, s3, workdir / "cluster")
+            timed("helm install charts/voicevault: the operator pod is Ready", stack.install)
+            receiver = CallbackReceiver(host=BRIDGE_IP).start()
+            try:
+                yield stack, receiver
+            finally:
+                receiver.stop()
+                stack.stop()
+    finally:
+        timed("real node torn down", node.stop)
+
+
+def _kubeconfig(stack: Stack) -> Path:
+    node = getattr(stack, "node", None)
+    return node.admin_kubeconfig if node is not None else stack.cp.admin_kubeconfig
+
+
 def show(stack: Stack, namespace: str) -> None:
     out = kubectl(
-        stack.cp.admin_kubeconfig,
+        _kubeconfig(stack),
         "get",
         "recordings,voicestoragesettings,awscredentials",
         "-n",
@@ -97,9 +133,11 @@ def show(stack: Stack, namespace: str) -> None:
     print(f"{DIM}{out.rstrip()}{RESET}", flush=True)
 
 
-def demo(workdir: Path) -> int:
+def demo(workdir: Path, *, cluster: bool = False) -> int:
     started = time.monotonic()
-    with running_stack(workdir) as (stack, receiver):
+    bring_up = running_cluster if cluster else running_stack
+    with bring_up(workdir) as (stack, receiver):
+        node = stack.nodes[0]
         account: Account = timed(
             "account 'acme' ready: Secret + AwsCredential + VoiceStorageSetting (encrypted)",
             lambda: stack.add_account(
@@ -112,8 +150,7 @@ def demo(workdir: Path) -> int:
         audio = call_audio()
         stack.record(account, "call-0001", audio)
         say(
-            f"recorded a {len(audio)} byte call on node media-node-1 "
-            "and created Recording acme/call-0001"
+            f"recorded a {len(audio)} byte call on node {node} and created Recording acme/call-0001"
         )
         body = timed(
             "Recording reached a final phase",
@@ -131,7 +168,7 @@ def demo(workdir: Path) -> int:
             "local media on the node: "
             + (
                 "still there (unexpected)"
-                if stack.media_file("media-node-1", "acme", "2026/11/call-0001.wav").exists()
+                if stack.media_file(node, "acme", "2026/11/call-0001.wav").exists()
                 else "deleted"
             )
         )
@@ -205,13 +242,15 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["demo", "up"])
+    parser.add_argument("command", choices=["demo", "demo-cluster", "up"])
     parser.add_argument("--workdir", type=Path, help="keep state here (default: a temp dir)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="voicevault-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return demo(workdir) if args.command == "demo" else up(workdir)
+    if args.command == "up":
+        return up(workdir)
+    return demo(workdir, cluster=args.command == "demo-cluster")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,10 @@ class ClusterStack(Stack):
         return out
 
     def install(self, *extra: str) -> Stack:
+        # the recording service owns its recordings directory (the uploader keeps its
+        # resume state there, and deletes files in it)
         self.host_path.mkdir(parents=True, exist_ok=True)
+        os.chown(self.host_path, MEDIA_UID, MEDIA_UID)
         self._ensure_namespace(RELEASE_NAMESPACE, PSA_RESTRICTED)
         self.helm(
             "install",
@@ -217,6 +220,30 @@ class ClusterStack(Stack):
         return self.node.kubectl(
             "logs", "-n", RELEASE_NAMESPACE, "deploy/voicevault", "--tail=-1", check=False
         )
+
+    def diagnose(self) -> str:
+        """Pods of the release and of the uploads, their states, and the last log lines."""
+        parts = [self.node.kubectl("get", "pods", "-A", "-o", "wide", check=False)]
+        pods: list[Any] = self.uploader_pods()
+        for pod in pods[-3:]:
+            name = pod.metadata.name
+            parts.append(
+                self.node.kubectl(
+                    "get",
+                    "pod",
+                    "-n",
+                    UPLOADER_NAMESPACE,
+                    name,
+                    "-o",
+                    "jsonpath={.status}",
+                    check=False,
+                )
+            )
+            parts.append(
+                self.node.kubectl("logs", "-n", UPLOADER_NAMESPACE, name, "--tail=20", check=False)
+            )
+        parts.append(self.operator_log()[-6000:])
+        return "\n".join(parts)
 
     # -- media on the node -------------------------------------------------------------
 

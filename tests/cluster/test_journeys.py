@@ -111,6 +111,8 @@ def test_uploader_container_killed_mid_upload_resumes_once(
     admin = cluster.s3.admin_client()
 
     def parts_stored() -> int:
+        status = cluster.get(account.namespace, "recordings", "long").get("status") or {}
+        assert status.get("phase") not in ("Completed", "Failed", "Cached"), status
         for upload in cluster.open_uploads(account):
             parts = admin.list_parts(
                 Bucket=account.s3.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
@@ -250,11 +252,6 @@ def test_media_uid_mismatch_says_so(cluster: ClusterStack) -> None:
     assert status["phase"] != "Completed", status
     message = status["errorMessage"]
     assert "2345" in message and "10001" in message, message
-
-
-def test_helm_test_passes(cluster: ClusterStack) -> None:
-    out = cluster.helm("test", "voicevault", "--namespace", "voicevault-system", "--timeout", "3m")
-    assert "Phase:          Succeeded" in out.stdout, out.stdout
 
 
 def test_helm_upgrade_then_uninstall_leaves_no_uploader_pods_or_secrets(
