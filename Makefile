@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 binaries: $(STAMP)
 	$(BIN)/python -m tests.bed.binaries
 
-demo: binaries
+demo: $(STAMP)
+	$(BIN)/python -m tests.bed.binaries --only etcd kubectl helm kube-apiserver >/dev/null
 	$(BIN)/python -m tests.bed demo
 
 demo-cluster: binaries images
