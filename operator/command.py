@@ -202,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     import kopf
+    from kopf._core.engines.peering import Identity  # kopf exports no public name for it
     from prometheus_client import start_http_server
 
     from voicevault.operator import handlers
@@ -242,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
             memo=kopf.Memo(controller=controller),
             # kopf's default identity asks the passwd database for the user's name: the
             # image runs as a numeric UID with no entry there, which made it crash at start
-            identity=f"voicevault@{socket.gethostname()}",
+            identity=Identity(f"voicevault@{socket.gethostname()}"),
         )
     finally:
         kube.close()
