@@ -379,7 +379,14 @@ class RealNode:
             what="kube-proxy healthz",
             process=self._procs["kube-proxy"],
         )
-        # kube-proxy prepended its jumps to FORWARD: the drops go back in front of them.
+        # kube-proxy prepends its jumps to FORWARD in its first sync (KUBE-FORWARD among
+        # them): once they are there, the drops go back in front of them.
+        wait_until(
+            lambda: any("-j KUBE-FORWARD" in r for r in _iptables_rules("iptables", "filter")),
+            timeout=self.ready_timeout,
+            what="kube-proxy's FORWARD rules",
+            process=self._procs["kube-proxy"],
+        )
         self._insert_forward_drops()
         self._mark("ready", t0)
 
