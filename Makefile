@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make demo   set up everything and run the whole loop once on a local stack
 #   make test   run the test suite (what CI runs)
+#   make demo-cluster  the demo's journey on a real one-node cluster (root; builds images)
 # Binaries (kube-apiserver, etcd, kubectl, helm, MinIO) are built or fetched once into
 # ~/.cache/voicevault (override with VOICEVAULT_CACHE); later runs start in seconds.
 # demo and up build only what the local stack runs (no MinIO: its S3 is moto).
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 STACK_BINARIES := etcd kubectl helm kube-apiserver
 
-.PHONY: demo up test lint typecheck binaries bench clean
+.PHONY: demo demo-cluster images up test lint typecheck binaries bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,12 @@ demo: $(STAMP)
 	$(BIN)/python -m tests.bed.binaries --only $(STACK_BINARIES)
 	$(BIN)/python -m tests.bed demo
 
+demo-cluster: binaries images
+	$(BIN)/python -m tests.bed demo-cluster
+
+images: $(STAMP)
+	$(BIN)/python -m tests.bed.images
+
 up: $(STAMP)
 	$(BIN)/python -m tests.bed.binaries --only $(STACK_BINARIES)
 	$(BIN)/python -m tests.bed up
@@ -39,7 +46,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: binaries lint typecheck
+test: binaries images lint typecheck
 	$(BIN)/voicevault crds --check crds charts/voicevault/crds
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -q
 

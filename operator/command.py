@@ -332,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     import kopf
+    from kopf._core.engines.peering import Identity  # kopf exports no public name for it
     from prometheus_client import start_http_server
 
     from voicevault.operator import handlers
@@ -420,6 +421,9 @@ def run(args: argparse.Namespace) -> int:
             namespaces=args.namespace or [],
             liveness_endpoint=f"http://{args.bind_address}:{args.health_port}/healthz",
             memo=kopf.Memo(controller=controller, leading=leading, started=started),
+            # kopf's default identity asks the passwd database for the user's name: the
+            # image runs as a numeric UID with no entry there, which made it crash at start
+            identity=Identity(f"voicevault@{socket.gethostname()}"),
         )
     finally:
         if webhook is not None:

@@ -403,7 +403,7 @@ class Scheduler:
                         active,
                         pod,
                         f"the uploader pod did not start on node {active.node} within "
-                        f"{int(self.config.pod_start_timeout)}s",
+                        f"{int(self.config.pod_start_timeout)}s{_waiting_reason(pod)}",
                     )
                 )
         if finished:
@@ -610,6 +610,27 @@ def _ref_body(entry: QueueEntry) -> dict[str, Any]:
     return {"metadata": {"name": entry.name, "namespace": entry.namespace, "uid": entry.uid}}
 
 
+def _waiting_reason(pod: dict[str, Any]) -> str:
+    """Why the kubelet has not started the container (``ErrImageNeverPull: ...``), if known."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return f" ({waiting['reason']}{detail})"
+    return ""
+
+
+def _oom_message(pod: dict[str, Any]) -> str:
+    """An OOM kill in words: which limit, and the chart value that sets it."""
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    limit = ((containers[0].get("resources") or {}).get("limits") or {}).get("memory")
+    of = f" of {limit}" if limit else ""
+    return (
+        f"the uploader pod was killed for using more than its memory limit{of} (OOMKilled); "
+        "raise the uploader memory limit (chart value uploader.memoryLimit)"
+    )
+
+
 def _outcome(
     pod: dict[str, Any] | None, lost: str | None
 ) -> tuple[BatchOutcome | None, str | None]:
@@ -629,6 +650,8 @@ def _outcome(
             outcome,
             f"the uploader pod was {status['reason']}: {status.get('message', '')}".strip(": "),
         )
+    if terminated.get("reason") == "OOMKilled":
+        return outcome, _oom_message(pod)
     if exit_code not in (0, None, 143):
         reason = terminated.get("reason") or "Error"
         return outcome, f"the uploader pod exited with code {exit_code} ({reason})"

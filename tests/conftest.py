@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.faultledger import print_fault_ledger
 
-pytest_plugins = ["tests.bed.fixtures", "tests.bed.stack_fixtures"]
+pytest_plugins = ["tests.bed.fixtures", "tests.bed.stack_fixtures", "tests.bed.realnode_fixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +15,33 @@ def crds(kubeconfig: Path) -> None:
     from tests.support.kube import apply_crds
 
     apply_crds(kubeconfig)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep ``xdist_group`` working under ``--dist loadgroup`` with pytest 9.2.
+
+    pytest-xdist 3.8 marks a grouped test by appending ``@group`` to ``item._nodeid``,
+    which pytest 9.2 no longer reads (the id lives in ``item._id``): the groups were
+    silently ignored and the real-node tests spread over both workers, each waiting for
+    the one node the machine can hold.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:  # pytest before 9.2: xdist's own suffix works
+        return
+
+    for item in items:
+        names = sorted(
+            {
+                str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                for mark in item.iter_markers("xdist_group")
+            }
+        )
+        if names and not item.nodeid.endswith(f"@{'_'.join(names)}"):
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
 
 
 def pytest_terminal_summary(

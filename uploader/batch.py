@@ -23,8 +23,14 @@ from typing import TYPE_CHECKING, Any
 from voicevault.uploader import envelope
 from voicevault.uploader.batchspec import BatchItem, BatchOutcome, BatchSpec, ItemResult
 from voicevault.uploader.bucketurl import parse_bucket_url
-from voicevault.uploader.errors import ErrorCode, UploadError, classify, fatal
-from voicevault.uploader.media import MediaPathError, content_type_for, delete_media, resolve_media
+from voicevault.uploader.errors import ErrorCode, UploadError, classify, fatal, transient
+from voicevault.uploader.media import (
+    MediaPathError,
+    content_type_for,
+    delete_media,
+    ownership_problem,
+    resolve_media,
+)
 from voicevault.uploader.recordingstatus import StatusReporter
 from voicevault.uploader.state import StateStore
 from voicevault.uploader.transfer import (
@@ -116,6 +122,9 @@ def _process(
     started = time.monotonic()
     try:
         path = resolve_media(settings.media_root, item.namespace, item.media_path)
+        problem = ownership_problem(path)
+        if problem:
+            raise transient(problem)
         request = _request(item, path)
         client = client_for(item)
         progress = _ItemProgress(item, reporter, settings.progress_interval, cancel)

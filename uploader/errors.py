@@ -8,6 +8,7 @@ request data, so no credential or key can leak through an exception message.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from enum import IntEnum, StrEnum
 
@@ -180,4 +181,11 @@ def _classify_os_error(exc: OSError, operation: str) -> UploadError:
     if exc.errno in (errno.ECONNRESET, errno.ECONNREFUSED, errno.EPIPE, errno.ETIMEDOUT):
         return transient(f"{operation}: network error ({errno.errorcode[exc.errno]})")
     name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    if exc.errno in (errno.EACCES, errno.EPERM) and exc.filename:
+        # which file, and as whom: "EACCES" alone does not tell anyone what to fix
+        path = os.fsdecode(exc.filename)
+        return transient(
+            f"{operation}: local I/O error ({name}) on {path} as UID {os.getuid()}: "
+            "the recordings directory must be writable by uploader.runAsUser"
+        )
     return transient(f"{operation}: local I/O error ({name})")

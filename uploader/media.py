@@ -63,3 +63,24 @@ def delete_media(path: Path) -> bool:
         finally:
             os.close(fd)
     return True
+
+
+def ownership_problem(path: Path, uid: int | None = None) -> str | None:
+    """Why this UID could not read ``path`` or delete it after the upload, else None.
+
+    The uploader runs as ``uploader.runAsUser``, which must own the media (the recording
+    service's user); a mismatch found only after the upload would leave the file behind.
+    """
+    uid = os.getuid() if uid is None else uid
+    for target, mode, need in ((path, os.R_OK, "read"), (path.parent, os.W_OK | os.X_OK, "delete")):
+        try:
+            owner = target.stat().st_uid
+        except OSError:
+            return None  # a missing file or folder is reported elsewhere
+        if not os.access(target, mode):
+            return (
+                f"the uploader runs as UID {uid} and may not {need} the media: "
+                f"{target} is owned by UID {owner} (set uploader.runAsUser to the UID "
+                "of the recording service that writes the files)"
+            )
+    return None

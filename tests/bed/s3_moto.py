@@ -38,17 +38,19 @@ _IAM_REGION = "us-east-1"
 
 
 class MotoS3:
-    """``python -m moto.server`` on a free loopback port, IAM enforced after setup."""
+    """``python -m moto.server`` on a free port of ``host`` (loopback), IAM enforced after setup."""
 
     name = "moto"
 
-    def __init__(self, workdir: Path | None = None, *, ready_timeout: float = 30.0) -> None:
+    def __init__(
+        self, workdir: Path | None = None, *, ready_timeout: float = 30.0, host: str = "127.0.0.1"
+    ) -> None:
         self._owns_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="voicevault-moto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.endpoint_url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.port = free_port(host)
+        self.endpoint_url = f"http://{host}:{self.port}"
+        argv = [sys.executable, "-m", "moto.server", "-H", host, "-p", str(self.port)]
         self._proc = ManagedProcess(argv, self.workdir / "moto.log")
         try:
             wait_until(

@@ -25,6 +25,7 @@ class CallbackReceiver:
 
     status: int = 200
     latency: float = 0.0
+    host: str = "127.0.0.1"  # the real node's pods reach the bridge address
     script: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -50,13 +51,13 @@ class CallbackReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     def url(self, path: str = "/callbacks") -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+        return f"http://{self.host}:{self._server.server_address[1]}{path}"
 
     def for_recording(self, sid: str) -> list[Received]:
         with self._lock:

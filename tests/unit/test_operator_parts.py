@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.support import samples
 from voicevault.crds.recording import RecordingSpec, StorageSnapshot
-from voicevault.operator import credentials, pods, settings
+from voicevault.operator import credentials, pods, scheduler, settings
 from voicevault.operator.callbacks import callback_params
 from voicevault.operator.conditions import condition, merge_conditions
 from voicevault.operator.config import UploaderPodConfig
@@ -348,3 +348,27 @@ def test_outcome_carries_the_count_of_resent_parts() -> None:
     )
     decoded = BatchOutcome.decode(outcome.encode())
     assert decoded is not None and decoded.parts_resent == 2
+
+
+def _ended_pod(terminated: dict[str, Any], limit: str = "24Mi") -> dict[str, Any]:
+    return {
+        "spec": {"containers": [{"resources": {"limits": {"memory": limit}}}]},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [{"state": {"terminated": terminated}}],
+        },
+    }
+
+
+def test_an_oom_kill_names_the_memory_limit_and_the_chart_value() -> None:
+    _, why = scheduler._outcome(_ended_pod({"exitCode": 137, "reason": "OOMKilled"}), None)
+    assert why is not None
+    assert "more than its memory limit of 24Mi" in why
+    assert "uploader.memoryLimit" in why
+
+
+def test_a_pod_that_never_started_says_what_the_kubelet_waits_for() -> None:
+    waiting = {"reason": "ErrImageNeverPull", "message": "image is not present"}
+    pod = {"status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": waiting}}]}}
+    assert scheduler._waiting_reason(pod) == " (ErrImageNeverPull: image is not present)"
+    assert scheduler._waiting_reason({"status": {"phase": "Pending"}}) == ""
