@@ -309,7 +309,13 @@ class Webhook:
     def _look(self) -> bool:
         ok = True
         try:
-            self.keeper.reconcile()
+            try:
+                self.keeper.reconcile()
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                # another replica wrote the Secret first: serve what it wrote, now
+                self.keeper.reconcile()
         except Exception as exc:  # logged and retried soon: the API server may be away
             reason = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc)
             log.warning("webhook certificate not reconciled", extra={"reason": reason})

@@ -117,8 +117,14 @@ def test_default_values_render_the_operator(helm_cli: Helm) -> None:
     assert anti["podAffinityTerm"]["labelSelector"] == spec["selector"]
     (container,) = pod["containers"]
     assert container["image"] == f"ghcr.io/voicevault/voicevault:{APP_VERSION}"
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+    for probe in ("livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Ready only once its webhook serves: the Service sends admission reviews to Ready pods
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/healthz",
+        "port": "webhook",
+        "scheme": "HTTPS",
+    }
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081, "webhook": 9443}
 

@@ -15,7 +15,7 @@ from kubernetes import client as k8s
 from tests.support.kube import kubectl
 from voicevault.operator import webhookcert
 from voicevault.operator.config import WebhookConfig
-from voicevault.operator.webhook import CertKeeper, ReloadingContext
+from voicevault.operator.webhook import CertKeeper, ReloadingContext, Webhook
 
 pytestmark = pytest.mark.kube
 
@@ -120,3 +120,37 @@ def test_with_cert_manager_the_keeper_only_reads_and_reloads(kube_api: Any, name
     # even one it would renew is left as it is: cert-manager decides
     keeper.reconcile(now=datetime.now(UTC) + timedelta(days=360))
     assert _secret(kube_api, namespace, config.cert_secret) == issued
+
+
+def test_a_replica_that_loses_the_race_for_the_secret_serves_the_winners_certificate(
+    kube_api: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas start together: both find no Secret, one creates it first. The other
+    gets 409 and must serve that certificate at once, not after a retry: the Service
+    already sends it admission reviews."""
+    config = WebhookConfig(
+        namespace=namespace,
+        configuration=f"vv-none-{uuid.uuid4().hex[:8]}",
+        bind_address="127.0.0.1",
+        port=0,  # each replica's server on a port of its own
+    )
+    first, second = Webhook(kube_api, config), Webhook(kube_api, config)
+    first.keeper.reconcile()
+    real_read = second.keeper._read_secret
+    reads: list[k8s.V1Secret | None] = []
+
+    def read() -> k8s.V1Secret | None:  # its first read came before the other's create
+        reads.append(real_read() if reads else None)
+        return reads[-1]
+
+    monkeypatch.setattr(second.keeper, "_read_secret", read)
+    try:
+        assert second._look(), "the lost race was reported as a failure"
+        assert (
+            second.tls.cert
+            == first.tls.cert
+            == _secret(kube_api, namespace, config.cert_secret)["tls.crt"]
+        )
+    finally:
+        first.stop()
+        second.stop()
