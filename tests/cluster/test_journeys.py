@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.bed.cluster_stack import UPLOADER_NAMESPACE, ClusterStack
+from tests.bed.cluster_stack import RELEASE, RELEASE_NAMESPACE, UPLOADER_NAMESPACE, ClusterStack
 from tests.bed.faultproxy import Delay, FaultProxy, Respond, Rule
 from tests.bed.realnode import BRIDGE_IP, NODE_NAME
 from tests.bed.realnode_fixtures import CLUSTER_GROUP
@@ -79,17 +79,38 @@ def test_happy_path_encrypted_in_real_pods(
 
 
 def test_access_denied_is_fatal_and_deletes_the_media(cluster: ClusterStack) -> None:
-    account = cluster.add_account(
-        secret_access_key="not-the-right-secret-at-all-0000000000", wait_ready=False
-    )
+    """The seed's rule, in a real pod: once the configuration worked, access denied
+    during an upload is fatal and the media goes at once."""
+    account = cluster.add_account()
+    cluster.wait_condition(account.namespace, "voicestoragesettings", "default", "Validated")
+    cluster.s3.revoke(account.s3)  # type: ignore[attr-defined]
     cluster.record(account, "denied", os.urandom(2000))
     media = _media(cluster, account.namespace, "denied")
     status = cluster.wait_phase(
         account.namespace, "denied", "Failed", "Completed", timeout=PHASE_TIMEOUT
     )["status"]
     assert status["phase"] == "Failed", status
+    assert status["errorCode"] == 16112
     assert status["errorClass"] == "Fatal" and status["attempts"] == 1
     assert not media.exists(), "fatal: the media is deleted at once"
+
+
+def test_keys_the_bucket_refuses_hold_recordings_with_their_media(cluster: ClusterStack) -> None:
+    """A configuration already known to be broken deletes nothing: the setting is not
+    Ready and its recordings wait on the node."""
+    account = cluster.add_account(
+        secret_access_key="not-the-right-secret-at-all-0000000000", wait_ready=False
+    )
+    cluster.record(account, "held", os.urandom(2000))
+    media = _media(cluster, account.namespace, "held")
+
+    def held() -> dict[str, Any] | None:
+        status = cluster.get(account.namespace, "recordings", "held").get("status") or {}
+        return status if status.get("reason") == "SettingNotReady" else None
+
+    status = wait_for(held, timeout=PHASE_TIMEOUT, what="the recording held by its setting")
+    assert status["phase"] == "Pending" and int(status.get("attempts") or 0) == 0
+    assert media.exists(), "the media stays on the node"
 
 
 def _running_uploader(cluster: ClusterStack) -> Any:
@@ -276,3 +297,11 @@ def test_helm_upgrade_then_uninstall_leaves_no_uploader_pods_or_secrets(
         )
     finally:
         cluster.reinstall()
+
+
+def test_helm_test_passes_in_the_cluster(cluster: ClusterStack) -> None:
+    """`helm test` as a user runs it: its pod reaches the operator through the Service
+    (by the Service's environment variables: this cluster has no DNS, as some do not)."""
+    cluster.wait_operator_ready()
+    out = cluster.helm("test", RELEASE, "--namespace", RELEASE_NAMESPACE, "--timeout", "3m")
+    assert "Succeeded" in out.stdout, out.stdout
