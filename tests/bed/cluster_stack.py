@@ -188,27 +188,48 @@ class ClusterStack(Stack):
 
     # -- the operator pod --------------------------------------------------------------
 
-    def operator_pod(self) -> Any:
+    def operator_pods(self) -> list[Any]:
         pods: list[Any] = self.core.list_namespaced_pod(
             RELEASE_NAMESPACE, label_selector="app.kubernetes.io/component=operator"
         ).items
+        return pods
+
+    def operator_pod(self) -> Any:
+        """The replica holding the leader Lease (the one that acts), else any running one."""
+        pods = self.operator_pods()
         running = [
             p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp
         ]
         if not running:
             raise AssertionError(f"no running operator pod: {[p.status.phase for p in pods]}")
-        return running[0]
+        leader = self._lease_holder()
+        return next((p for p in running if p.metadata.name == leader), running[0])
+
+    def _lease_holder(self) -> str | None:
+        try:
+            lease = k8s.CoordinationV1Api(self.api).read_namespaced_lease(
+                "voicevault-operator", RELEASE_NAMESPACE
+            )
+        except k8s.ApiException:
+            return None
+        return lease.spec.holder_identity if lease.spec else None
 
     def wait_operator_ready(self, timeout: float = 120) -> Any:
-        def ready() -> Any:
-            try:
-                pod = self.operator_pod()
-            except AssertionError:
-                return None
-            statuses = pod.status.container_statuses or []
-            return pod if statuses and all(s.ready for s in statuses) else None
+        """Every replica of the current release Ready, none of an older one left (a rolling
+        update is over), and one of them holding the Lease: the one returned."""
 
-        return wait_for(ready, timeout=timeout, what="the operator pod Ready")
+        def ready() -> Any:
+            pods = self.operator_pods()
+            if not pods or any(p.metadata.deletion_timestamp for p in pods):
+                return None
+            for pod in pods:
+                statuses = pod.status.container_statuses or []
+                if not statuses or not all(s.ready for s in statuses):
+                    return None
+            leader = self._lease_holder()
+            return next((p for p in pods if p.metadata.name == leader), None)
+
+        return wait_for(ready, timeout=timeout, what="the operator rolled out and leading")
 
     def operator_metrics(self) -> str:
         pod = self.operator_pod()
