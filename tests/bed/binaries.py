@@ -90,7 +90,11 @@ def _run(
 
 
 @contextmanager
-def _file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+def file_lock(
+    path: Path,
+    timeout: float = LOCK_TIMEOUT_S,
+    error: Callable[[str], Exception] = BinaryInstallError,
+) -> Iterator[None]:
     """Exclusive advisory lock; bounded wait so a stuck peer cannot hang us forever."""
     deadline = time.monotonic() + timeout
     with path.open("a") as handle:
@@ -100,7 +104,7 @@ def _file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise BinaryInstallError(f"timed out waiting for lock {path}") from None
+                    raise error(f"timed out waiting for lock {path}") from None
                 time.sleep(0.5)
         try:
             yield
@@ -114,7 +118,7 @@ def _install(key: str, files: Sequence[str], build: Callable[[Path], None]) -> P
     final = root / key
     if all((final / f).is_file() for f in files):
         return final
-    with _file_lock(root / f".{key}.lock"):
+    with file_lock(root / f".{key}.lock"):
         if all((final / f).is_file() for f in files):
             return final
         started = time.monotonic()

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.bed.binaries import BinaryInstallError, _file_lock, cache_dir
+from tests.bed.binaries import BinaryInstallError, cache_dir, file_lock
 
 PACKAGES = (
     "containerd",
@@ -53,7 +53,7 @@ def ensure_installed(packages: Sequence[str] = PACKAGES) -> None:
     """apt-get install whatever is missing (a no-op, no apt call, when nothing is)."""
     if not missing(packages):
         return
-    with _file_lock(cache_dir() / ".apt.lock"):
+    with file_lock(cache_dir() / ".apt.lock"):
         todo = missing(packages)
         if not todo:
             return

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.bed import debian
-from tests.bed.binaries import _file_lock, _log, _run, cache_dir
+from tests.bed.binaries import _log, _run, cache_dir, file_lock
 from tests.bed.mounts import unmount_under
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +107,7 @@ def _cached(name: str, key: str, ref: str, build: Callable[[list[str], Path], No
     archive = images_dir() / f"{name}-{key}.oci.tar"
     if archive.is_file():
         return Image(ref, archive)
-    with _file_lock(images_dir() / f".{name}.lock"):
+    with file_lock(images_dir() / f".{name}.lock"):
         if archive.is_file():
             return Image(ref, archive)
         started = time.monotonic()

@@ -16,7 +16,6 @@ first removes what an interrupted run left behind (:func:`clean_leftovers`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -236,20 +235,10 @@ def clean_previous_run() -> None:
 def machine_lock(timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """One real node per machine (the bridge, ports 6443/10250 and kubelet paths are fixed)."""
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    with LOCK_FILE.open("a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RealNodeError(f"another real node holds {LOCK_FILE}") from None
-                time.sleep(1.0)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with binaries.file_lock(
+        LOCK_FILE, timeout, error=lambda _: RealNodeError(f"another real node holds {LOCK_FILE}")
+    ):
+        yield
 
 
 # --- the node --------------------------------------------------------------------------
