@@ -124,27 +124,7 @@ def run(recordings: int, nodes: int, workdir: Path, rate: float | None = None) -
                     create(i)
             created_in = time.monotonic() - started
             print(f"created {recordings} recordings in {created_in:.1f}s", flush=True)
-            done: list[dict[str, Any]] = []
-            while True:
-                items = stack.custom.list_namespaced_custom_object(
-                    API_GROUP, API_VERSION, "bench", "recordings"
-                )["items"]  # type: ignore[index]
-                done = [
-                    i
-                    for i in items
-                    if (i.get("status") or {}).get("phase") == "Completed"
-                    and any(c["type"] == "Stored" for c in i["status"].get("conditions", []))
-                ]
-                phases: dict[str, int] = {}
-                for i in items:
-                    p = (i.get("status") or {}).get("phase") or "new"
-                    phases[p] = phases.get(p, 0) + 1
-                print(f"  {time.monotonic() - started:6.1f}s {phases}", flush=True)
-                if len(done) == recordings:
-                    break
-                if time.monotonic() - started > 3600:
-                    raise SystemExit("not done after an hour")
-                time.sleep(5)
+            done = _wait_completed(stack, recordings, started)
             total = time.monotonic() - started
             # Events are posted behind the work; count them once the last one is out
             drain_by = time.monotonic() + 120
