@@ -215,6 +215,14 @@ class VoiceStorageSettingStatus(KubeModel):
     """Parsed bucket, resolved credential and key, and validation against the bucket."""
 
     parsed: ParsedBucket | None = None
+    bucket_region: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Region the bucket answered from at the last validation; recordings are signed "
+            "for it. When the bucket URL names no region, this is how it is found."
+        ),
+    )
     credential_sid: str | None = Field(
         default=None,
         pattern=CREDENTIAL_SID,

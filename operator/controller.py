@@ -334,6 +334,7 @@ class Controller:
             )
         ):
             validated = await self._validate(namespace, evaluation, credential)
+        evaluation = settings.located(evaluation, validated, current, generation)
         refusal = settings.refusal(validated, current, generation) if evaluation.ready else None
         refused = settings.refused_evaluation(evaluation, *refusal) if refusal else None
         status = settings.status_for(
@@ -434,16 +435,16 @@ class Controller:
         namespace: str,
         evaluation: settings.SettingEvaluation,
         credential: CredentialView | None,
-    ) -> tuple[bool, str, str]:
+    ) -> settings.Validation:
         assert evaluation.location is not None
         assert credential is not None
         keys = await self.resolve_credential(namespace, credential.name)
         if isinstance(keys, str):
-            return False, "CredentialUnusable", keys
+            return settings.Validation(False, "CredentialUnusable", keys)
         location = evaluation.location
         aws_keys = AwsKeys(keys.access_key_id, keys.secret_access_key, keys.session_token)
 
-        def validate() -> tuple[bool, str, str]:
+        def validate() -> settings.Validation:
             return settings.validate_bucket(make_client(location, aws_keys), location)
 
         return await asyncio.to_thread(validate)
