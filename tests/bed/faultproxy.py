@@ -221,14 +221,16 @@ class AwsRegions:
     * sent to the bucket's own or the global endpoint but signed for another region:
       ``400 AuthorizationHeaderMalformed``, the expected ``<Region>`` in the error XML.
 
-    ``hints=False`` models a wrong-region answer that does not say where the bucket is:
-    ``301 PermanentRedirect`` without the header, ``<Region>`` or ``<Endpoint>``, and
-    ``HEAD`` requests (botocore's fallback ``HeadBucket``) go to the upstream, whose
-    policy decides. Buckets not listed are forwarded untouched.
+    ``hints=False`` (or a bucket in ``without_hints``) models a wrong-region answer that
+    does not say where the bucket is: ``301 PermanentRedirect`` without the header,
+    ``<Region>`` or ``<Endpoint>``, and ``HEAD`` requests (botocore's fallback
+    ``HeadBucket``) go to the upstream, whose policy decides. Buckets not listed are
+    forwarded untouched. Both collections may grow while the proxy runs.
     """
 
     buckets: dict[str, str]
     hints: bool = True
+    without_hints: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,7 @@ def wrong_region_answer(regions: AwsRegions, target: _AwsTarget, method: str) ->
     wrong_signature = target.signing_region not in (None, home)
     if not wrong_endpoint and not wrong_signature:
         return None
-    if not regions.hints:
+    if not regions.hints or target.bucket in regions.without_hints:
         if method == "HEAD":
             return None  # botocore's HeadBucket fallback: the upstream's policy answers
         return Respond(301, "PermanentRedirect", _REDIRECT_MESSAGE, (("Bucket", target.bucket),))
