@@ -18,10 +18,10 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.bed.aws_names import AwsTls, aws_client_env, aws_tls
-from tests.bed.controlplane import ControlPlane
 from tests.bed.faultproxy import AwsRegions, FaultProxy
 from tests.bed.s3_moto import MotoS3
 from tests.bed.stack import Account, Stack
+from tests.bed.stack_fixtures import own_stack, running
 from tests.support.kube import wait_for
 from voicevault import API_GROUP, API_VERSION
 
@@ -52,27 +52,14 @@ def aws_stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     proxy, tls = aws_proxy
-    with ControlPlane(tmp_path_factory.mktemp("region-controlplane")) as plane:
-        stack = Stack(
-            plane,
-            moto_s3,
-            tmp_path_factory.mktemp("region-stack"),
-            webhook=True,
-            operator_env=aws_client_env(proxy.url, tls.ca_bundle),
-        )
-        stack.start()
-        try:
-            yield stack
-        finally:
-            stack.stop()
+    env = aws_client_env(proxy.url, tls.ca_bundle)
+    with own_stack(moto_s3, tmp_path_factory, "region", webhook=True, operator_env=env) as stack:
+        yield stack
 
 
 @pytest.fixture
 def live(aws_stack: Stack) -> Stack:
-    if not aws_stack.operator.alive:
-        aws_stack.operator.start()
-        aws_stack.wait_webhook()
-    return aws_stack
+    return running(aws_stack)
 
 
 def _account(stack: Stack, regions: AwsRegions, *, hints: bool = True) -> Account:
