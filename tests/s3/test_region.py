@@ -2,7 +2,8 @@
 policy enforced, reached by its AWS host names through the fault proxy in AWS mode: the
 proxy answers wrong-region requests as S3 does, so botocore's own region redirector runs.
 Validation finds the region; single PUT, multipart and resume succeed; a hint that names
-no region is a clear refusal that keeps the media; a contradicted region is refused."""
+no region is a clear refusal that keeps the media; a contradicted region is refused.
+MinIO serving a region of its own gives its real wrong-region answer to the same code."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.bed.aws_names import AwsTls, LookupLog, aws_client_env, aws_tls, loop
 from tests.bed.faultproxy import AwsRegions, FaultProxy, ResetConnection, Rule
 from tests.bed.fixtures import unique_name
 from tests.bed.s3_common import S3Account
+from tests.bed.s3_minio import MinioS3
 from tests.bed.s3_moto import MotoS3
 from tests.support.cli import ACCOUNT_SID
 from voicevault.operator import settings
@@ -312,3 +314,42 @@ def test_a_hint_without_region_refuses_the_setting_and_keeps_the_media(
     assert result.message is not None and "PermanentRedirect" in result.message
     assert reporter.errors == [], "no Failed report: nothing fatal happened"
     assert media.exists(), "the media is kept"
+
+
+# --- a real S3-compatible store in a region of its own ---------------------------------------
+
+ONPREM = "eu-onprem-1"
+
+
+@pytest.fixture(scope="module")
+def regional_minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioS3]:
+    """MinIO serving one region that is not us-east-1: its own wrong-region answers."""
+    with MinioS3(tmp_path_factory.mktemp("minio-onprem"), region=ONPREM) as server:
+        yield server
+
+
+def test_minio_validation_finds_its_region_and_uploads_sign_for_it(
+    regional_minio: MinioS3, tmp_path: Path
+) -> None:
+    account = regional_minio.add_bucket(unique_name("onprem"), "calls", region=ONPREM)
+    endpoint = regional_minio.endpoint_url
+    url = f"{endpoint}/{account.bucket}/{account.prefix}"
+    location = parse_bucket_url(url, endpoint_url=endpoint)
+    assert location.region == "us-east-1" and location.named_region is None
+
+    verdict = settings.validate_bucket(make_client(location, _keys(account)), location)
+
+    assert verdict.ok, verdict.message
+    assert verdict.region == ONPREM
+    # what the snapshot then carries: signed for MinIO's region, the URL as written
+    found = settings.located(
+        settings.SettingEvaluation(True, "Configured", "ok", location=location), verdict, {}, 1
+    ).location
+    assert found is not None and found.region == ONPREM
+    media = tmp_path / "call.wav"
+    data = os.urandom(7 * MIB)
+    media.write_bytes(data)
+    key, result = _upload(found, account, media, "RE" + "d" * 32, tmp_path / "state")
+    stored = regional_minio.admin_client().get_object(Bucket=account.bucket, Key=key)
+    assert stored["Body"].read() == data
+    assert result.media_url == f"{url}{key.removeprefix(account.prefix)}"

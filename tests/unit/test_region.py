@@ -13,9 +13,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.bed.faultproxy import AwsRegions, aws_target, wrong_region_answer
+from tests.support import samples
 from tests.unit.test_admission import request, setting
+from voicevault.crds.recording import RecordingSpec
 from voicevault.operator import settings
 from voicevault.operator.admission import decide
+from voicevault.operator.settings import CredentialView, SettingView
+from voicevault.operator.snapshot import take_snapshot
 from voicevault.uploader.bucketurl import parse_bucket_url, region_mismatch
 from voicevault.uploader.errors import (
     REGION_HINT_CODES,
@@ -114,6 +118,28 @@ def test_the_region_is_remembered_for_the_generation_that_found_it() -> None:
         "a new generation may name another bucket: validated before it is trusted"
     )
     assert outage.location is not None and outage.location.region == "eu-west-1"
+
+
+def test_the_snapshot_signs_for_the_found_region_and_keeps_the_written_url() -> None:
+    credential = CredentialView(
+        "acct", "s3-writer", "CR" + "1" * 32, True, "ok", "k", "A", "B", None
+    )
+    url = "https://calls.s3.amazonaws.com/voice/"
+    evaluation = settings.evaluate("acct", samples.setting(url)["spec"], credential)
+    found = settings.Validation(True, "BucketAcceptsUploads", "ok", "eu-west-1")
+    located = settings.located(evaluation, found, {}, 1)
+    view = SettingView("acct", 1, located.spec, located.location, None, True, "Configured", "ok")
+    spec = RecordingSpec.model_validate(samples.recording()["spec"])
+
+    snapshot = take_snapshot(view, spec, "RE" + "e" * 32, None)
+
+    assert snapshot.region == "eu-west-1"
+    assert snapshot.bucket_url == url
+    assert snapshot.media_url.startswith(url), snapshot.media_url
+    # what the uploader makes of it: signed for the found region from the first request
+    uploader = parse_bucket_url(snapshot.bucket_url, region=snapshot.region)
+    assert uploader.region == "eu-west-1"
+    assert uploader.object_url(snapshot.object_key) == snapshot.media_url
 
 
 def test_a_named_region_is_never_replaced() -> None:
