@@ -201,7 +201,12 @@ class ParsedBucket(KubeModel):
     """The bucket URL as the operator understood it."""
 
     bucket: str = Field(description="Bucket name.")
-    region: str = Field(description="Region requests are signed for.")
+    region: str = Field(
+        description=(
+            "Region the bucket URL or spec region names; us-east-1 when neither names one "
+            "(bucketRegion then says where the bucket is)."
+        )
+    )
     prefix: str = Field(description="Key path inside the bucket ('' for the root).")
     style: Literal["virtual", "path"] = Field(
         description="virtual: BUCKET.host/key; path: host/BUCKET/key (as the URL was written)."

@@ -175,7 +175,12 @@ def _known_region_mismatch(location: BucketLocation, old_status: dict[str, Any])
     ):
         return None
     problem = region_mismatch(location, answered)
-    return f"{problem} (found at its last validation)" if problem else None
+    if problem is None:
+        return None
+    return (
+        f"{problem} (found at its last validation; if the bucket has moved since, leave the "
+        "region out and the next validation finds it)"
+    )
 
 
 def _as_written(storage: voicestoragesetting.ExternalStorage) -> str:

@@ -376,13 +376,13 @@ def validate_bucket(client: S3Client, location: BucketLocation) -> Validation:
 
 def _validation_failure(error: UploadError, location: BucketLocation) -> Validation:
     if error.s3_code in REGION_HINT_CODES:
+        form = "" if location.endpoint_url else " (https://BUCKET.s3.REGION.amazonaws.com/...)"
         return Validation(
             False,
             "RegionUnknown",
             f"{error.message} (error {int(error.code)}): requests signed for region "
             f"{location.region!r} were refused and the bucket's region could not be found; "
-            "name it in bucketUrl (https://BUCKET.s3.REGION.amazonaws.com/...) or in "
-            "spec.externalStorage.region",
+            f"name it in bucketUrl{form} or in spec.externalStorage.region",
         )
     reason = {
         16112: "AccessDenied",

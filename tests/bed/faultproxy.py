@@ -684,6 +684,8 @@ class FaultProxy:
 
     ``start()`` serves on ``127.0.0.1`` (``port=0``: a free port, kept across
     ``pause()``/``resume()``) from a background thread; ``url`` is where boto3 should point.
+    ``tls``: also accept ``CONNECT`` and serve TLS inside it (AWS mode, with ``url`` as the
+    client's ``HTTPS_PROXY``); ``regions``: answer wrong-region requests as S3 does.
     """
 
     def __init__(
