@@ -186,6 +186,7 @@ def upload(
             and _resumable(saved, request, fingerprint)
         ):
             # stored before a crash; only the metadata document may be missing
+            _keep_digest(request, saved, store)
             return _result_from_state(saved, request, _Counters(), resumed=True)
     size = object_size(fingerprint.size, request.encryption is not None)
     if size <= config.multipart_threshold:
@@ -456,9 +457,7 @@ class _Multipart:
         return self._finished(state, resumed=resumed or bool(stored))
 
     def _finished(self, state: UploadState, *, resumed: bool) -> UploadResult:
-        if self.request.with_metadata and state.sha256 is None:
-            # completed by a run that did not keep the digest: hash the same bytes again
-            state.sha256 = _rehash(self.request, state)
+        _keep_digest(self.request, state, None)
         state.phase = StatePhase.COMPLETED
         state.media_url = self.request.location.object_url(self.key)
         self.store.save(self.state_name, state)
@@ -745,6 +744,16 @@ def _content_key(state: EncryptionState | None) -> envelope.ContentKey | None:
     return envelope.ContentKey(
         key=base64.b64decode(state.content_key), iv=base64.b64decode(state.iv)
     )
+
+
+def _keep_digest(request: UploadRequest, state: UploadState, store: StateStore | None) -> None:
+    """A state completed by a run that kept no digest (metadata was not asked for then):
+    hash the same object bytes again from the media and the saved content key."""
+    if not request.with_metadata or state.sha256 is not None:
+        return
+    state.sha256 = _rehash(request, state)
+    if store is not None:
+        store.save(request.upload_name, state)
 
 
 def _rehash(request: UploadRequest, state: UploadState) -> str:
