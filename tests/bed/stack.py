@@ -364,6 +364,7 @@ class Stack:
         secret_access_key: str | None = None,
         session_token: str | None = None,
         wait_ready: bool = True,
+        metadata: bool = False,
     ) -> Account:
         namespace = namespace or f"acct-{uuid.uuid4().hex[:8]}"
         self._ensure_namespace(namespace)
@@ -401,6 +402,7 @@ class Stack:
             callback_url=callback_url,
             signing_key=bool(signing_key),
             retry=retry,
+            metadata=metadata,
         )
         self.create(namespace, "voicestoragesettings", setting)
         account = Account(namespace, bucket, pair, callback_url, signing_key)
@@ -418,6 +420,7 @@ class Stack:
         callback_url: str | None = None,
         signing_key: bool = False,
         retry: dict[str, int] | None = None,
+        metadata: bool = False,
     ) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "externalStorage": {
@@ -431,6 +434,8 @@ class Stack:
         }
         if encrypted is not None:
             spec["encryption"] = {"publicKey": encrypted.public_pem.decode()}
+        if metadata:
+            spec["metadataObject"] = {"enabled": True}
         if callback_url:
             spec["statusCallback"] = {"url": callback_url}
             if signing_key:
