@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             store_metadata(client, request, result, target, store)
     except UploadError as exc:
         return _report_failure(exc)
-    store.wipe(request.state_name)
+    store.wipe(request.upload_name)
     if args.delete_source:
         request.source.unlink(missing_ok=True)
     print(json.dumps(result.to_json()))
