@@ -164,6 +164,20 @@ class StatusCallbackDefaults(KubeModel):
     )
 
 
+class MetadataObject(KubeModel):
+    """A JSON document written next to each media object: what Twilio keeps behind its API."""
+
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Write <object key>.json beside every new recording's media object: its SIDs, "
+            "source, channels, track, start time, duration, the object's size and SHA-256, "
+            "and the encryption details (never key material). Schema: "
+            "docs/recording-metadata.schema.json."
+        ),
+    )
+
+
 class VoiceStorageSettingSpec(KubeModel):
     """External storage, encryption, retry and callback settings of one account (namespace)."""
 
@@ -195,6 +209,10 @@ class VoiceStorageSettingSpec(KubeModel):
         json_schema_extra={"default": {}},
     )
     status_callback: StatusCallbackDefaults | None = None
+    metadata_object: MetadataObject | None = Field(
+        default=None,
+        description="Metadata JSON beside the media (off when absent); new recordings only.",
+    )
 
 
 class ParsedBucket(KubeModel):

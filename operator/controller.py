@@ -42,6 +42,7 @@ from voicevault.operator.settings import CredentialView, SettingView
 from voicevault.operator.workqueue import WorkQueue
 from voicevault.uploader.batchspec import CredentialFile
 from voicevault.uploader.errors import ErrorCode
+from voicevault.uploader.metadata import metadata_target
 from voicevault.uploader.s3client import AwsKeys, make_client, warm_up
 
 log = logging.getLogger("voicevault.operator")
@@ -660,6 +661,7 @@ class Controller:
                 action=decision.queue.action,
                 due=decision.queue.due,
                 created=rec.created,
+                metadata=metadata_target(rec.spec, rec.sid, snapshot),
             )
         )
 

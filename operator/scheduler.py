@@ -324,6 +324,7 @@ class Scheduler:
                 public_key_sid=e.snapshot.public_key_sid,
                 credential=refs[(e.namespace, e.snapshot.credential_name)],
                 credential_name=e.snapshot.credential_name,
+                metadata=e.metadata,
             )
             for e in entries
         ]
@@ -366,6 +367,7 @@ class Scheduler:
                 action=i.action,
                 due=now,
                 created=now,
+                metadata=i.metadata,
             )
             for i in batch.items
         ]

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from voicevault import API_GROUP, API_VERSION
 from voicevault.crds.recording import PLURAL, Phase, Reason
+from voicevault.operator.conditions import condition, merge_conditions, parse_time
 from voicevault.uploader.batchspec import BatchItem
 from voicevault.uploader.errors import UploadError, failed_summary
 from voicevault.uploader.transfer import UploadResult
@@ -36,6 +37,10 @@ class StatusReporter(Protocol):
 
     def failed(self, item: BatchItem, error: UploadError, media_deleted: bool) -> bool: ...
 
+    def metadata_pending(self, item: BatchItem, result: UploadResult, error: UploadError) -> bool:
+        """The media is stored but its metadata document is not (yet)."""
+        ...
+
 
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -51,10 +56,25 @@ def completed_patch(result: UploadResult, status: dict[str, Any], at: str) -> di
         return None
     upload = dict(status.get("upload") or {})
     upload.update({"bytesSent": result.size, "bytesTotal": result.size})
-    return {
+    extra: dict[str, Any] = {}
+    if result.metadata_url:
+        stored = condition(
+            METADATA_CONDITION,
+            True,
+            "MetadataStored",
+            f"metadata document stored at {result.metadata_url}",
+            _parse(at),
+        )
+        extra = {
+            "metadataUrl": result.metadata_url,
+            "conditions": merge_conditions(status.get("conditions") or [], [stored]),
+        }
+    return extra | {
         "phase": Phase.COMPLETED.value,
         "reason": None,
-        "message": "Stored in the bucket; local media deleted",
+        "message": "Stored in the bucket"
+        + (" with its metadata document" if result.metadata_url else "")
+        + "; local media deleted",
         "mediaUrl": result.media_url,
         "size": result.source_size,
         "encryptionDetails": result.encryption.to_status() if result.encryption else None,
@@ -83,6 +103,40 @@ def failed_patch(
         "lastFailureTime": at,
         "nextRetryTime": None,
     }
+
+
+METADATA_CONDITION = "MetadataStored"
+
+
+def metadata_pending_patch(
+    result: UploadResult, error: UploadError, url: str, status: dict[str, Any], at: str
+) -> dict[str, Any] | None:
+    """The media URL (it is stored) and a MetadataStored=False condition saying why not."""
+    if status.get("phase") in TERMINAL:
+        return None
+    if error.fatal:
+        reason, then = "MetadataFailed", "not retried"
+    else:
+        reason, then = "MetadataPending", "written on the next attempt"
+    pending = condition(
+        METADATA_CONDITION,
+        False,
+        reason,
+        f"metadata document {url} not stored ({then}): error {int(error.code)}: {error.message}"[
+            :1024
+        ],
+        _parse(at),
+    )
+    return {
+        "mediaUrl": result.media_url,
+        "size": result.source_size,
+        "encryptionDetails": result.encryption.to_status() if result.encryption else None,
+        "conditions": merge_conditions(status.get("conditions") or [], [pending]),
+    }
+
+
+def _parse(at: str) -> datetime:
+    return parse_time(at) or datetime.now(UTC)
 
 
 def progress_patch(sent: int, total: int, status: dict[str, Any], at: str) -> dict[str, Any] | None:
@@ -122,6 +176,10 @@ class KubeStatusReporter:
         return self._write(
             item, lambda s: failed_patch(error, s, now_iso(), media_deleted=media_deleted)
         )
+
+    def metadata_pending(self, item: BatchItem, result: UploadResult, error: UploadError) -> bool:
+        url = item.metadata.url if item.metadata else ""
+        return self._write(item, lambda s: metadata_pending_patch(result, error, url, s, now_iso()))
 
     def _write(self, item: BatchItem, mutate: Mutation, *, retry: bool = True) -> bool:
         """Apply `mutate` to the status; False if not ours any more or the API stayed away."""

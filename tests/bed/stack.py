@@ -375,6 +375,7 @@ class Stack:
         secret_access_key: str | None = None,
         session_token: str | None = None,
         wait_ready: bool = True,
+        metadata: bool = False,
     ) -> Account:
         namespace = namespace or f"acct-{uuid.uuid4().hex[:8]}"
         self._ensure_namespace(namespace)
@@ -412,6 +413,7 @@ class Stack:
             callback_url=callback_url,
             signing_key=bool(signing_key),
             retry=retry,
+            metadata=metadata,
         )
         self.create(namespace, "voicestoragesettings", setting)
         account = Account(namespace, bucket, pair, callback_url, signing_key)
@@ -429,6 +431,7 @@ class Stack:
         callback_url: str | None = None,
         signing_key: bool = False,
         retry: dict[str, int] | None = None,
+        metadata: bool = False,
     ) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "externalStorage": {
@@ -442,6 +445,8 @@ class Stack:
         }
         if encrypted is not None:
             spec["encryption"] = {"publicKey": encrypted.public_pem.decode()}
+        if metadata:
+            spec["metadataObject"] = {"enabled": True}
         if callback_url:
             spec["statusCallback"] = {"url": callback_url}
             if signing_key:
