@@ -259,6 +259,9 @@ class _Reporter:
         self.errors.append(error)
         return True
 
+    def metadata_pending(self, item: BatchItem, result: UploadResult, error: UploadError) -> bool:
+        raise AssertionError("no metadata document without a stored media object")
+
 
 def test_a_hint_without_region_refuses_the_setting_and_keeps_the_media(
     hintless_proxy: FaultProxy, moto_s3: MotoS3, account: S3Account, tmp_path: Path
