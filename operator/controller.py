@@ -61,6 +61,9 @@ INTAKE_BODIES = 3000
 REREAD_FIELDS = ("namespace", "name", "uid")
 RecordingWork = Literal["event", "deleted", "reread"]
 SETTLE_CLAIM_TRIES = 5  # conflicts in a row before a settlement is left to the next look
+# A clean stop lets the work under way finish this long: within the pod's 30 s of
+# termination grace, 5 of which its preStop pause takes
+STOP_DRAIN_S = 15.0
 
 
 def utcnow() -> datetime:
@@ -130,11 +133,28 @@ class Controller:
             ),
         ]
 
-    async def stop(self) -> None:
-        self.scheduler.stop()
-        for task in self._tasks:
+    async def stop(self, drain: float = STOP_DRAIN_S) -> None:
+        """Take no new work, let the work under way finish (`drain` seconds at most), then
+        cancel what is left. A leader that stops cleanly releases its Lease after this.
+
+        Work cut off halfway is done again by the next leader, once more than needed: a
+        settlement whose callback is on its way is called back a second time, a batch
+        marked Scheduled before its pod exists becomes a second attempt.
+        """
+        self.scheduler.stop()  # its loop ends once the tick under way is done
+        finishing = [t for t in self._tasks if t.get_name() == "scheduler"]
+        posting = [t for t in self._tasks if t.get_name().startswith("events-")]
+        taking = [t for t in self._tasks if t not in finishing and t not in posting]
+        for task in taking:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*taking, return_exceptions=True)
+        under_way = [*finishing, *self._background]  # settlements, their callbacks included
+        if under_way:
+            await asyncio.wait(under_way, timeout=drain)
+        left = [t for t in (*self._tasks, *self._background) if not t.done()]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     def probe(self) -> dict[str, Any]:
         return {
