@@ -89,6 +89,7 @@ class Controller:
         self.credentials: dict[tuple[str, str], CredentialView] = {}
         self.setting_bodies: dict[str, dict[str, Any]] = {}
         self._setting_locks: dict[str, asyncio.Lock] = {}
+        self._credential_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.settings: dict[str, SettingView] = {}
         self.signing_secrets: dict[str, str] = {}  # namespace -> its setting's signing Secret
         self.next_validation: dict[str, datetime] = {}
@@ -217,6 +218,24 @@ class Controller:
     # -- AwsCredential ---------------------------------------------------------------------
 
     async def on_credential(self, body: dict[str, Any], *, refresh_settings: bool = True) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        async with self._credential_lock(key):
+            await self._apply_credential(body, refresh_settings=refresh_settings)
+
+    async def _recheck_credential(self, key: tuple[str, str]) -> None:
+        """Evaluate a credential again from the cache, which holds its body as last written:
+        starting from an older body, the evaluation would find no conditions and write them
+        again with new timestamps."""
+        async with self._credential_lock(key):
+            body = self.credential_bodies.get(key)
+            if body is not None:
+                await self._apply_credential(body, refresh_settings=True)
+
+    def _credential_lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        """One evaluation per credential at a time (its own event, or a Secret's)."""
+        return self._credential_locks.setdefault(key, asyncio.Lock())
+
+    async def _apply_credential(self, body: dict[str, Any], *, refresh_settings: bool) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         key = (namespace, name)
@@ -241,7 +260,9 @@ class Controller:
             now=self.clock(),
         )
         if not _same(result.status, current):
-            await self._patch_status(awscredential.PLURAL, body, result.status)
+            self.credential_bodies[key] = await self._patch_status(
+                awscredential.PLURAL, body, result.status
+            )
             if (
                 find(current.get("conditions"), "Ready") is None
                 or (find(current.get("conditions"), "Ready") or {}).get("reason") != result.reason
@@ -273,15 +294,14 @@ class Controller:
     def forget_credential(self, namespace: str, name: str) -> None:
         self.credential_bodies.pop((namespace, name), None)
         self.credentials.pop((namespace, name), None)
+        self._credential_locks.pop((namespace, name), None)
 
     async def on_secret(self, namespace: str, name: str) -> None:
         """A Secret changed: re-check the credentials that use it, and the setting that
         signs its callbacks with it."""
         for (ns, cred_name), view in list(self.credentials.items()):
             if ns == namespace and view.secret_name == name:
-                body = self.credential_bodies.get((ns, cred_name))
-                if body is not None:
-                    await self.on_credential(body)
+                await self._recheck_credential((ns, cred_name))
         if self.signing_secrets.get(namespace) == name:
             await self._refresh_setting(namespace)
 
@@ -370,7 +390,9 @@ class Controller:
             signing=await self._signing(namespace, evaluation),
         )
         if not _same(status, current):
-            await self._patch_status(voicestoragesetting.PLURAL, body, status)
+            self.setting_bodies[namespace] = await self._patch_status(
+                voicestoragesetting.PLURAL, body, status
+            )
             await self._setting_events(body, current, status)
         ok = evaluation.ready and (validated[0] if validated else _validated(status))
         metrics.SETTING_VALID.labels(namespace=namespace).set(1 if ok else 0)
@@ -875,13 +897,16 @@ class Controller:
 
     async def _patch_status(
         self, plural: str, body: dict[str, Any], status: dict[str, Any]
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Write the status; the object as written, so what is cached is what the API holds
+        (a later re-evaluation from the cache, on a Secret's change, starts from it)."""
         meta = body["metadata"]
         try:
-            await self.kube.patch_status(plural, meta["namespace"], meta["name"], status)
+            return await self.kube.patch_status(plural, meta["namespace"], meta["name"], status)
         except Exception as exc:
             if not is_status(exc, 404):
                 raise
+            return body  # gone: its DELETED event forgets it
 
 
 def _validated(status: dict[str, Any]) -> bool:
