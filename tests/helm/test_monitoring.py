@@ -181,7 +181,8 @@ def test_the_service_monitor_keeps_the_operators_namespace_label(helm_cli: Helm)
 
 
 BAD_VALUES = [
-    ("metrics.prometheusRule.uploadFailureRatio.above=2", "Must be less than or equal to 1"),
+    ("metrics.prometheusRule.uploadFailureRatio.above=2", "uploadFailureRatio.above"),
+    ("metrics.prometheusRule.uploadFailureRatio.above=1.5", "uploadFailureRatio.above"),
     ("metrics.prometheusRule.recordingsCached.for=often", "recordingsCached.for: Does not match"),
     ("metrics.prometheusRule.notLeading.severity=page", "notLeading.severity must be one of"),
     ("metrics.prometheusRule.selector=job{x}", "prometheusRule.selector: Does not match"),
