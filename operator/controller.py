@@ -9,6 +9,7 @@ Recordings are many; only the scheduler's queue entries and a phase per UID are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections import Counter
@@ -442,7 +443,9 @@ class Controller:
             self.setting_bodies.pop(namespace, None)
             self.settings.pop(namespace, None)
             self.next_validation.pop(namespace, None)
-            metrics.SETTING_VALID.labels(namespace=namespace).set(0)
+            # no setting is not an invalid one: the series goes (an alert watches for 0)
+            with contextlib.suppress(KeyError):
+                metrics.SETTING_VALID.remove(namespace)
 
     async def _refresh_setting_from_api(self, namespace: str) -> None:
         """Read the namespace's setting now, not from the watch.
