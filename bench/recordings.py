@@ -1,20 +1,33 @@
 """Operator benchmark: many small Recordings across simulated nodes, end to end.
 
-    python bench/recordings.py --recordings 1000 10000 --nodes 10 [--rate PER_SECOND]
-    python bench/recordings.py --cluster --recordings 1000   # real node, stand-in beside it
+    python bench/recordings.py --recordings 1000 --nodes 10 --peers [--out report.md]
+    python bench/recordings.py --recordings 1000 --profile     # py-spy on the operator
+    python bench/recordings.py --cluster --recordings 1000 --peers   # real node + stand-in
 
 Brings up the local stack (real kube-apiserver + etcd, moto with the seed policy, the
-operator process, the stand-in kubelet with N nodes), creates the recordings as fast as
-the API takes them, waits until all are Completed, and reports: time from creation to
-Completed (p50/p99), Kubernetes API writes per recording (counted by the apiserver
-itself, from its /metrics, all clients but the benchmark's own creates), uploader pods
-created, and the operator's peak RSS.
+operator process, the stand-in kubelet with N nodes, in a process of its own), creates
+the recordings as fast as the API takes them, waits until all are Completed and Stored,
+and prints a Markdown report:
 
-With ``--cluster`` each count runs on the real one-node cluster too (the chart installed
-with helm, real uploader pods), beside the stand-in with one node, in the same run. It
-adds pod create to Running (from the pods' own timestamps), the uploader pods' CPU
-seconds and peak memory (their cgroups, sampled while they exist) and the operator's RSS
-in its pod.
+- recordings/s, p50/p99 from creation to ``completionTime``, recordings per uploader
+  pod, the operator's peak RSS;
+- with ``--peers``, first the same files through a boto3 ``put_object`` loop (16
+  threads) and ``rclone copy --transfers 16``, same server and seed-policy credentials,
+  and voicevault's rate as a ratio to each;
+- CPU seconds by role over the burst, from /proc (``bench/proc_cpu.py``: uploader
+  processes through the kubelet's reaped-children time), in all and per recording, and
+  what other processes on the machine took meanwhile; the load average before and after;
+- API requests per recording by verb and resource, and watch events sent per recording
+  by kind, from the apiserver's own /metrics;
+- each uploader process's CPU from its start to its first connection to S3 (a probe on
+  the pods' PYTHONPATH, ``bench/uploader_probe``) and an ``-X importtime`` breakdown of
+  the modules it had loaded by then;
+- with ``--profile``, the operator's costliest functions (py-spy) per recording.
+
+With ``--cluster`` each count runs on the real one-node cluster (the chart installed with
+helm, real uploader pods), then on the stand-in with one node, in the same run, and both
+report the same tables where measurable there (the CPU of uploader pods and of the
+operator comes from their cgroups; no start probe in the image).
 """
 
 from __future__ import annotations
@@ -70,7 +83,13 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-STAND_IN_FLAGS = ["--poll-interval", "1", "--resync-interval", "600", "--log-level", "warning"]
+STAND_IN_FLAGS = [
+    *("--poll-interval", "1", "--resync-interval", "600", "--log-level", "warning"),
+    # A leader that misses its renew deadline exits (and the bed starts it again): on a
+    # starved shared machine that happened mid-burst. A longer lease keeps one operator
+    # process through the run; renewals still come every retry period (2 s), as shipped.
+    *("--lease-duration", "60", "--renew-deadline", "45"),
+]
 
 
 def count_objects(s3: Any, bucket: str, prefix: str) -> int:
@@ -114,11 +133,20 @@ def run(
                 _peers(s3, account.s3, files, kubelet.root / "nodes", moto_cpu) if peers else []
             )
             operator_pid = stack.operator.process.pid  # type: ignore[union-attr]
+            starts = stack.operator.starts
+
+            def operator_cpu() -> float:
+                # the live process, plus any that exited: the bed reaps an operator that
+                # lost its Lease, so its CPU is in this process's reaped-children time
+                times = os.times()
+                current = stack.operator.process.pid  # type: ignore[union-attr]
+                return with_children(current)() + times.children_user + times.children_system
+
             roles = {
                 "kube-apiserver": own(plane._apiserver.pid),  # type: ignore[union-attr]
                 "etcd": own(plane._etcd.pid),  # type: ignore[union-attr]
                 "S3 server (moto)": moto_cpu,
-                "operator": with_children(operator_pid),
+                "operator": operator_cpu,
                 "kubelet stand-in": own(kubelet.pid),
                 "uploader processes (all pods)": children_of(kubelet.pid),
                 "benchmark (creates, polls, the operator's API relay)": this_process,
@@ -142,7 +170,7 @@ def run(
             )
             if recorder is not None:
                 recorder.stop()
-            rss_peak = peak_rss_mib(operator_pid)
+            rss_peak = peak_rss_mib(stack.operator.process.pid)  # type: ignore[union-attr]
             done = _wait_completed(stack, recordings, burst["started"])  # and all Stored
             result = _figures(recordings, nodes, done, burst)
             pods_probed = read_probes(kubelet.pods_dir, s3.port)
@@ -150,6 +178,7 @@ def run(
                 "rss_start_mib": rss_start,
                 "rss_peak_mib": rss_peak,
                 "peers": peer_runs,
+                "operator_restarts": stack.operator.starts - starts,
                 "start": summarize(pods_probed),
                 "probe_modules": next((p.modules for p in pods_probed if p.modules), ()),
             }
@@ -574,6 +603,13 @@ def report(r: dict[str, Any], title: str) -> str:
         f" {r['rss_start_mib']:.0f} MiB at the start, **peak {r['rss_peak_mib']:.0f} MiB**.",
         "",
     ]
+    if r.get("operator_restarts"):
+        lines += [
+            f"**The operator restarted {r['operator_restarts']} time(s) during the burst (it lost"
+            " its leader Lease): the figures include the restarts, its peak RSS is the last"
+            " process's.**",
+            "",
+        ]
     peers: list[PeerRun] = r.get("peers", [])
     if peers:
         lines += [
@@ -658,17 +694,16 @@ def report(r: dict[str, Any], title: str) -> str:
         lines += [
             f"Imports of an uploader up to its first PUT (the modules it had loaded, imported in"
             f" its order in a fresh interpreter): {imports.imports_cpu_s:.2f} CPU-s, on top of"
-            f" {imports.interpreter_cpu_s:.2f} CPU-s for a bare `python -c pass`. By top-level"
-            " package (`-X importtime`, cumulative, wall ms):",
+            f" {imports.interpreter_cpu_s:.2f} CPU-s for a bare `python -c pass`. By package"
+            " (`-X importtime`, wall ms spent in the package's own modules, median of 3"
+            " runs):",
             "",
             "| package | ms |",
             "|---|---:|",
         ]
-        lines += [f"| {pkg} | {ms:.0f} |" for pkg, ms in imports.by_package[:10]]
+        lines += [f"| {pkg} | {ms:.0f} |" for pkg, ms in imports.by_package[:12]]
         lines += [
-            "",
-            "Heaviest single imports: "
-            + ", ".join(f"`{name}` {ms:.0f} ms" for name, ms in imports.heaviest[:10]),
+            f"| all | {imports.total_ms:.0f} |",
             "",
         ]
     prof: Profile | None = r.get("profile")

@@ -105,6 +105,7 @@ _IMPORTTIME = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$")
 _IMPORT_ALL = """
 import importlib, sys, time
 names = sys.argv[1:]
+print("--- imports start", file=sys.stderr, flush=True)
 start = time.process_time()
 for name in names:
     if name not in sys.modules:
@@ -119,39 +120,54 @@ print(time.process_time() - start)
 @dataclass(frozen=True)
 class ImportCost:
     interpreter_cpu_s: float  # a bare `python -c pass`, for scale
-    imports_cpu_s: float  # importing the modules, without -X importtime
-    by_package: list[tuple[str, float]]  # (top-level package, cumulative ms), heaviest first
-    heaviest: list[tuple[str, float]]  # (module, cumulative ms) imported first by the run
+    imports_cpu_s: float  # importing the modules, without -X importtime (median of 3)
+    by_package: list[tuple[str, float]]  # (package, ms in its own modules), heaviest first
+    total_ms: float  # all of -X importtime's self times: the whole import
 
 
-def import_cost(modules: Sequence[str], python: str = sys.executable) -> ImportCost:
-    """Import ``modules`` in order in fresh interpreters: CPU, and importtime's breakdown."""
+def import_cost(modules: Sequence[str], python: str = sys.executable, runs: int = 3) -> ImportCost:
+    """Import ``modules`` in order in fresh interpreters: CPU, and importtime's breakdown
+    (each package's median over ``runs``; importtime measures wall time)."""
     names = [m for m in modules if not m.startswith("__")]
     bare = _child_cpu([python, "-c", "pass"])
-    plain = subprocess.run(
-        [python, "-c", _IMPORT_ALL, *names], capture_output=True, text=True, check=True
-    )
-    timed = subprocess.run(
-        [python, "-X", "importtime", "-c", _IMPORT_ALL, *names],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    by_package: dict[str, float] = {}
-    heaviest: list[tuple[str, float]] = []
-    for line in timed.stderr.splitlines():
-        match = _IMPORTTIME.match(line)
-        if match and len(match.group(3)) == 1:  # a top-level import of the loop above
-            name, cumulative_ms = match.group(4), int(match.group(2)) / 1000
-            package = name.split(".")[0]
-            by_package[package] = by_package.get(package, 0.0) + cumulative_ms
-            heaviest.append((name, cumulative_ms))
+    cpu: list[float] = []
+    per_package: dict[str, list[float]] = {}
+    totals: list[float] = []
+    for _ in range(runs):
+        plain = subprocess.run(
+            [python, "-c", _IMPORT_ALL, *names], capture_output=True, text=True, check=True
+        )
+        cpu.append(float(plain.stdout.strip().splitlines()[-1]))
+        timed = subprocess.run(
+            [python, "-X", "importtime", "-c", _IMPORT_ALL, *names],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        own = _own_ms_by_package(timed.stderr)
+        totals.append(sum(own.values()))
+        for package, ms in own.items():
+            per_package.setdefault(package, []).append(ms)
+    by_package = {k: statistics.median(v + [0.0] * (runs - len(v))) for k, v in per_package.items()}
     return ImportCost(
         interpreter_cpu_s=bare,
-        imports_cpu_s=float(plain.stdout.strip().splitlines()[-1]),
+        imports_cpu_s=statistics.median(cpu),
         by_package=sorted(by_package.items(), key=lambda kv: -kv[1]),
-        heaviest=sorted(heaviest, key=lambda kv: -kv[1]),
+        total_ms=statistics.median(totals),
     )
+
+
+def _own_ms_by_package(stderr: str) -> dict[str, float]:
+    """Self time of every module imported after the marker, summed by top-level package."""
+    lines = stderr.splitlines()
+    mark = lines.index("--- imports start") if "--- imports start" in lines else 0
+    own: dict[str, float] = {}
+    for line in lines[mark:]:
+        match = _IMPORTTIME.match(line)
+        if match:
+            package = match.group(4).split(".")[0]
+            own[package] = own.get(package, 0.0) + int(match.group(1)) / 1000
+    return own
 
 
 def _child_cpu(argv: Sequence[str]) -> float:
