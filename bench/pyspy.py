@@ -2,8 +2,9 @@
 
 ``py-spy record --format raw`` writes collapsed stacks (``frame;frame;... count``), root
 first. With ``--gil`` only the thread holding the GIL is sampled: a thread blocked on a
-socket has let the GIL go, so a function's samples / rate is about the CPU seconds spent
-running Python in it (C code that keeps the GIL, such as TLS and JSON, included).
+socket has let the GIL go. A thread that holds the GIL but waits for a core is sampled
+too, so on a busy machine samples / rate overstates CPU: the report takes each
+function's share of the samples times the operator's CPU measured from /proc.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Recorder:
             "raw",
             "--nonblocking",  # never pause the operator
             "--gil",
+            "--full-filenames",
             "--output",
             str(out),
         ]
