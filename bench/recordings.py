@@ -64,6 +64,7 @@ from bench.proc_cpu import (
     with_children,
 )
 from bench.pyspy import Profile, Recorder, parse_raw
+from bench.s3log import log_size, requests_since
 from bench.startcost import PROBE_DIR, ImportCost, StartCost, import_cost, read_probes, summarize
 from tests.bed.controlplane import ControlPlane
 from tests.bed.s3_moto import MotoS3
@@ -156,6 +157,8 @@ def run(
                 roles["py-spy (profiling the operator)"] = own(recorder.pid)
             meter = CpuMeter(roles)
             rss_start = peak_rss_mib(operator_pid)
+            moto_log = s3.workdir / "moto.log"
+            s3_offset = log_size(moto_log)
 
             def create(i: int) -> None:
                 stack.create("bench", "recordings", _recording(i, names[i % nodes]))
@@ -173,6 +176,7 @@ def run(
             rss_peak = peak_rss_mib(stack.operator.process.pid)  # type: ignore[union-attr]
             done = _wait_completed(stack, recordings, burst["started"])  # and all Stored
             result = _figures(recordings, nodes, done, burst)
+            result["s3_requests"] = requests_since(moto_log, s3_offset)
             pods_probed = read_probes(kubelet.pods_dir, s3.port)
             result |= {
                 "rss_start_mib": rss_start,
@@ -670,6 +674,19 @@ def report(r: dict[str, Any], title: str) -> str:
         f"| all | but the creates | {not_creates:.0f} | **{not_creates / n:.2f}** |",
         "",
     ]
+    s3_requests: dict[str, int] = r.get("s3_requests", {})
+    if s3_requests:
+        lines += [
+            "S3 requests during the burst (moto's request log: method, operation, status):",
+            "",
+            "| request | count | per recording |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {key} | {count} | {count / n:.2f} |"
+            for key, count in sorted(s3_requests.items(), key=lambda kv: -kv[1])
+        ]
+        lines.append("")
     watch: dict[str, float] = r.get("watch", {})
     if watch:
         lines += [

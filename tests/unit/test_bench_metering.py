@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from bench import apimetrics
 from bench.proc_cpu import CLK_TCK, OTHER, children_of, cpu_window, parse_stat, read_stat
 from bench.pyspy import frame_name, parse_raw
+from bench.s3log import log_size, requests_since
 from bench.startcost import line_fit
 
 
@@ -66,3 +68,21 @@ def test_pyspy_stacks_count_own_and_inclusive_time_once_per_sample() -> None:
 def test_line_fit_finds_fixed_cost_and_slope() -> None:
     assert line_fit([10, 20, 30], [1.1, 1.2, 1.3]) == pytest.approx((1.0, 0.01))
     assert line_fit([5, 5], [1.0, 2.0]) is None
+
+
+def test_moto_log_lines_after_the_offset_count_by_method_operation_and_code(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "moto.log"
+    before = '127.0.0.1 - - [01/Dec/2026 23:36:15] "PUT /b/calls/old.wav HTTP/1.1" 200 -\n'
+    log.write_text(before)
+    offset = log_size(log)
+    with log.open("a") as out:
+        out.write('127.0.0.1 - - [x] "PUT /b/calls/r1.wav?x-id=PutObject HTTP/1.1" 200 -\n')
+        out.write('127.0.0.1 - - [x] "PUT /b/calls/r2.wav?x-id=PutObject HTTP/1.1" 403 -\n')
+        out.write('127.0.0.1 - - [x] "GET /b?uploads&prefix=calls%2F HTTP/1.1" 200 -\n')
+    assert requests_since(log, offset) == {
+        "PUT PutObject 200": 1,
+        "PUT PutObject 403": 1,
+        "GET uploads 200": 1,
+    }
