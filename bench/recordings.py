@@ -169,6 +169,7 @@ def run(
                 meter,
                 stack.operator.metrics,
                 lambda: scrape(plane.server, plane._ssl_context(plane._admin)),
+                lambda: _count_completed(stack),
                 rate,
             )
             if recorder is not None:
@@ -218,6 +219,7 @@ def _burst(
     meter: CpuMeter,
     operator_metrics: Any,
     apiserver_metrics: Any,
+    count_completed: Any,
     rate: float | None = None,
 ) -> dict[str, Any]:
     """Create the recordings, wait until the operator has seen them all Completed and its
@@ -238,7 +240,7 @@ def _burst(
             create(i)
     created_in = time.monotonic() - started
     print(f"created {recordings} recordings in {created_in:.1f}s", flush=True)
-    _wait_gauge(operator_metrics, recordings, started)
+    _wait_gauge(operator_metrics, recordings, started, count_completed)
     total = time.monotonic() - started
     # Events are posted behind the work; count them once the last one is out
     drain_by = time.monotonic() + 120
@@ -444,6 +446,7 @@ def run_cluster(recordings: int, workdir: Path, *, peers: bool = False) -> dict[
                 meter,
                 stack.operator_metrics,
                 lambda: scrape(node.server, context),
+                lambda: _count_completed(stack),
             )
             rss, hwm = _operator_rss_mib(stack)
             sampler.stop_event.set()
@@ -462,7 +465,6 @@ def run_cluster(recordings: int, workdir: Path, *, peers: bool = False) -> dict[
                 "pod_peak_mib": max((p["mem"] for p in pods), default=0) / 2**20,
                 "operator_rss_mib": rss,
                 "operator_hwm_mib": hwm,
-                "rss_start_mib": 0.0,
                 "rss_peak_mib": hwm,
                 "account": account.namespace,
                 "peers": peer_runs,
@@ -491,12 +493,7 @@ def _wait_completed(stack: Any, recordings: int, started: float) -> list[dict[st
         items = stack.custom.list_namespaced_custom_object(
             API_GROUP, API_VERSION, "bench", "recordings"
         )["items"]
-        done = [
-            i
-            for i in items
-            if (i.get("status") or {}).get("phase") == "Completed"
-            and any(c["type"] == "Stored" for c in i["status"].get("conditions", []))
-        ]
+        done = [i for i in items if _done(i)]
         phases: dict[str, int] = {}
         for i in items:
             p = (i.get("status") or {}).get("phase") or "new"
@@ -509,11 +506,13 @@ def _wait_completed(stack: Any, recordings: int, started: float) -> list[dict[st
         time.sleep(5)
 
 
-def _wait_gauge(metrics: Any, recordings: int, started: float) -> None:
-    """Until the operator has seen every recording Completed (its phase gauge). Cheaper
-    for the apiserver than listing thousands of recordings every few seconds, which would
-    count as load; ``_wait_completed`` then checks them all once."""
+def _wait_gauge(metrics: Any, recordings: int, started: float, count: Any) -> None:
+    """Until the operator's phase gauge says every recording is Completed: cheaper for the
+    apiserver than listing thousands of recordings every few seconds, which would count
+    as load. The gauge is what the operator last saw and has lagged behind (4,575 of 5,000
+    with all Completed), so when it stands still for 30 s ``count()`` lists them once."""
     last_print = 0.0
+    last_value, still_since = -1.0, time.monotonic()
     while True:
         completed = 0.0
         try:
@@ -524,7 +523,16 @@ def _wait_gauge(metrics: Any, recordings: int, started: float) -> None:
             pass
         if completed >= recordings:
             return
-        elapsed = time.monotonic() - started
+        now = time.monotonic()
+        if completed != last_value:
+            last_value, still_since = completed, now
+        elif now - still_since > 30:
+            listed = count()
+            print(f"  gauge at {completed:.0f} for 30 s; listed: {listed} Completed", flush=True)
+            if listed >= recordings:
+                return
+            still_since = now
+        elapsed = now - started
         if elapsed - last_print >= 10:
             last_print = elapsed
             print(f"  {elapsed:6.1f}s Completed (operator's gauge): {completed:.0f}", flush=True)
@@ -532,6 +540,20 @@ def _wait_gauge(metrics: Any, recordings: int, started: float) -> None:
             raise SystemExit("not done after an hour")
         # every scrape costs the operator a few ms (sys.getallocatedblocks holds the GIL)
         time.sleep(5)
+
+
+def _count_completed(stack: Any) -> int:
+    items = stack.custom.list_namespaced_custom_object(
+        API_GROUP, API_VERSION, "bench", "recordings"
+    )["items"]
+    return sum(1 for i in items if _done(i))
+
+
+def _done(item: dict[str, Any]) -> bool:
+    status = item.get("status") or {}
+    return status.get("phase") == "Completed" and any(
+        c["type"] == "Stored" for c in status.get("conditions", [])
+    )
 
 
 def _stamp(text: str) -> datetime:
@@ -613,7 +635,8 @@ def report(r: dict[str, Any], title: str) -> str:
         f" all were Completed: **{r['throughput']:.1f} recordings/s**; p50 {r['p50_s']:.1f} s,"
         f" p99 {r['p99_s']:.1f} s (creation to `completionTime`).",
         f" {r['pods']:.0f} uploader pods, **{r['per_pod']:.1f} recordings per pod**. Operator RSS"
-        f" {r['rss_start_mib']:.0f} MiB at the start, **peak {r['rss_peak_mib']:.0f} MiB**.",
+        + (f" {r['rss_start_mib']:.0f} MiB at the start," if r.get("rss_start_mib") else "")
+        + f" **peak {r['rss_peak_mib']:.0f} MiB**.",
         "",
     ]
     if r.get("operator_restarts"):
