@@ -48,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import threading
 
+from kubernetes.client.exceptions import ApiException
+
 from bench import apimetrics
 from bench.apimetrics import WRITE_VERBS, scrape
 from bench.kubelet_process import KubeletProcess
@@ -510,7 +512,7 @@ def _wait_gauge(metrics: Any, recordings: int, started: float, count: Any) -> No
     """Until the operator's phase gauge says every recording is Completed: cheaper for the
     apiserver than listing thousands of recordings every few seconds, which would count
     as load. The gauge is what the operator last saw and has lagged behind (4,575 of 5,000
-    with all Completed), so when it stands still for 30 s ``count()`` lists them once."""
+    with all Completed), so when it stands still for 2 minutes ``count()`` lists them."""
     last_print = 0.0
     last_value, still_since = -1.0, time.monotonic()
     while True:
@@ -526,9 +528,9 @@ def _wait_gauge(metrics: Any, recordings: int, started: float, count: Any) -> No
         now = time.monotonic()
         if completed != last_value:
             last_value, still_since = completed, now
-        elif now - still_since > 30:
+        elif now - still_since > 120:
             listed = count()
-            print(f"  gauge at {completed:.0f} for 30 s; listed: {listed} Completed", flush=True)
+            print(f"  gauge at {completed:.0f} for 2 min; listed: {listed} Completed", flush=True)
             if listed >= recordings:
                 return
             still_since = now
@@ -543,10 +545,21 @@ def _wait_gauge(metrics: Any, recordings: int, started: float, count: Any) -> No
 
 
 def _count_completed(stack: Any) -> int:
-    items = stack.custom.list_namespaced_custom_object(
-        API_GROUP, API_VERSION, "bench", "recordings"
-    )["items"]
-    return sum(1 for i in items if _done(i))
+    """Completed and Stored, listed 500 at a time (a list of thousands in one response
+    timed out on the loaded apiserver); a failed list counts as not yet."""
+    done, token = 0, None
+    try:
+        while True:
+            page = stack.custom.list_namespaced_custom_object(
+                API_GROUP, API_VERSION, "bench", "recordings", limit=500, _continue=token
+            )
+            done += sum(1 for i in page["items"] if _done(i))
+            token = page["metadata"].get("continue")
+            if not token:
+                return done
+    except ApiException as exc:
+        print(f"  listing the recordings failed ({exc.status}); waiting on", flush=True)
+        return 0
 
 
 def _done(item: dict[str, Any]) -> bool:
