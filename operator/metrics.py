@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 UPLOADS = Counter(
     "voicevault_uploads_total",
@@ -76,3 +76,9 @@ WEBHOOK_CERT_EXPIRY = Gauge(
     "voicevault_webhook_cert_expiry_timestamp_seconds",
     "When the webhook's serving certificate in use expires (Unix time).",
 )
+
+
+def sample(name: str, **labels: str) -> float:
+    """One sample as a scrape would read it (0 before it is first set), e.g.
+    `sample("voicevault_events_dropped_total", type="Normal")`."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0

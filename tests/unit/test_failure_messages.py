@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from voicevault.operator.recordings import fatal_failure
+from voicevault.phases import fatal_failure
 from voicevault.uploader.bucketurl import parse_bucket_url
 from voicevault.uploader.errors import ErrorCode, UploadError, fatal
 from voicevault.uploader.recordingstatus import failed_patch

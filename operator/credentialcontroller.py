@@ -1,0 +1,103 @@
+"""AwsCredential: evaluate each one (and its Secret), write its status, keep its view."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from voicevault.crds import awscredential
+from voicevault.operator import credentials
+from voicevault.operator.bodies import same_status
+from voicevault.operator.conditions import find
+from voicevault.operator.eventposter import EventPoster
+from voicevault.operator.kube import Kube
+from voicevault.operator.settingcontroller import SettingController
+from voicevault.operator.settings import CredentialView
+from voicevault.operator.viewstore import ViewStore
+from voicevault.phases import Event
+
+ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - the default key name in a Secret
+
+
+class CredentialController:
+    def __init__(
+        self,
+        kube: Kube,
+        store: ViewStore,
+        events: EventPoster,
+        settings: SettingController,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.kube = kube
+        self.store = store
+        self.events = events
+        self.settings = settings
+        self.clock = clock
+
+    async def on_credential(self, body: dict[str, Any], *, refresh_settings: bool = True) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        key = (namespace, name)
+        self.store.credential_bodies[key] = body
+        spec = body.get("spec") or {}
+        ref = spec.get("secretRef") or {}
+        secret = None
+        if ref.get("name") and (not ref.get("namespace") or ref.get("namespace") == namespace):
+            found = await self.kube.secret_data(namespace, ref["name"])
+            if found is not None:
+                secret = credentials.snapshot_secret(
+                    found[0], found[1], ref.get("accessKeyIdKey", ACCESS_KEY_ID)
+                )
+        current = body.get("status") or {}
+        result = credentials.evaluate(
+            namespace=namespace,
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 1),
+            spec=spec,
+            secret=secret,
+            current_status=current,
+            now=self.clock(),
+        )
+        if not same_status(result.status, current):
+            await self.kube.patch_status_or_none(
+                awscredential.PLURAL, namespace, name, result.status
+            )
+            ready = find(current.get("conditions"), "Ready")
+            if ready is None or ready.get("reason") != result.reason:
+                await self.events.post(
+                    body,
+                    Event("Normal" if result.ready else "Warning", result.reason, result.message),
+                    awscredential.KIND,
+                )
+        view = CredentialView(
+            namespace=namespace,
+            name=name,
+            sid=result.status["sid"],
+            ready=result.ready,
+            message=result.message,
+            secret_name=ref.get("name", ""),
+            access_key_id_key=ref.get("accessKeyIdKey", ACCESS_KEY_ID),
+            secret_access_key_key=ref.get("secretAccessKeyKey", SECRET_ACCESS_KEY),
+            session_token_key=ref.get("sessionTokenKey"),
+            secret_version=result.status.get("secretVersion"),
+        )
+        changed = self.store.credentials.get(key) != view
+        self.store.credentials[key] = view
+        if changed and refresh_settings:
+            # new keys (or a new credential): what the bucket said about the old ones
+            # no longer holds, so ask it again now rather than at the next interval
+            await self.settings.refresh(namespace, force_validation=True)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.store.credential_bodies.pop((namespace, name), None)
+        self.store.credentials.pop((namespace, name), None)
+
+    async def on_secret(self, namespace: str, name: str) -> None:
+        """A Secret changed: re-check the credentials that use it."""
+        for (ns, cred_name), view in list(self.store.credentials.items()):
+            if ns == namespace and view.secret_name == name:
+                body = self.store.credential_bodies.get((ns, cred_name))
+                if body is not None:
+                    await self.on_credential(body)
