@@ -21,7 +21,7 @@ from voicevault.operator.config import DEFAULT_RETRY_WINDOW_SECONDS
 from voicevault.uploader import envelope
 from voicevault.uploader.bucketurl import BucketLocation, BucketUrlError, parse_bucket_url
 from voicevault.uploader.errors import UploadError, classify
-from voicevault.uploader.transfer import abort_upload
+from voicevault.uploader.s3calls import abort_upload
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -32,12 +32,12 @@ from voicevault.uploader.media import (
     resolve_media,
 )
 from voicevault.uploader.recordingstatus import StatusReporter
+from voicevault.uploader.s3calls import abort_open_uploads
 from voicevault.uploader.state import StateStore
 from voicevault.uploader.transfer import (
     EncryptionKey,
     TransferConfig,
     UploadRequest,
-    abort_open_uploads,
     upload,
 )
 
