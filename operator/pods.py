@@ -14,9 +14,7 @@ import re
 import secrets
 from typing import Any
 
-from voicevault.operator.config import UploaderPodConfig
-from voicevault.operator.queues import QueueEntry
-from voicevault.uploader.batchspec import (
+from voicevault.contract import (
     BATCH_FILE,
     BatchItem,
     BatchOutcome,
@@ -24,6 +22,8 @@ from voicevault.uploader.batchspec import (
     CredentialFile,
     credential_file_name,
 )
+from voicevault.operator.config import UploaderPodConfig
+from voicevault.operator.queues import QueueEntry
 
 LABELS = {
     "app.kubernetes.io/name": "voicevault",

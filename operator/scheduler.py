@@ -19,6 +19,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from voicevault import phases
+from voicevault.contract import (
+    BATCH_FILE,
+    BatchSpec,
+    CredentialFile,
+    ItemResult,
+)
 from voicevault.crds.recording import FINALIZER, PLURAL, Phase, StorageSnapshot
 from voicevault.operator import metrics, pods
 from voicevault.operator.config import OperatorConfig
@@ -27,12 +33,6 @@ from voicevault.operator.kube import Kube, is_status
 from voicevault.operator.queues import NodeQueues, QueueEntry
 from voicevault.operator.viewstore import ViewStore
 from voicevault.phases import Event, RecordingView
-from voicevault.uploader.batchspec import (
-    BATCH_FILE,
-    BatchSpec,
-    CredentialFile,
-    ItemResult,
-)
 
 log = logging.getLogger("voicevault.operator.scheduler")
 

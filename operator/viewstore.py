@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from voicevault import logs
+from voicevault.contract import CredentialFile
 from voicevault.operator.kube import Kube
 from voicevault.operator.queues import QueueEntry
 from voicevault.operator.settings import CredentialView, SettingView
-from voicevault.uploader.batchspec import CredentialFile
 
 
 class ViewStore:

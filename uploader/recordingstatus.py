@@ -19,8 +19,8 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from voicevault import API_GROUP, API_VERSION, phases
+from voicevault.contract import BatchItem
 from voicevault.crds.recording import PLURAL
-from voicevault.uploader.batchspec import BatchItem
 from voicevault.uploader.errors import UploadError
 from voicevault.uploader.transfer import UploadResult
 

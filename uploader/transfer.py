@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from voicevault.contract import ErrorCode
 from voicevault.uploader import envelope
 from voicevault.uploader.bucketurl import BucketLocation
 from voicevault.uploader.errors import (
     CHECKSUM_MISMATCH_CODES,
-    ErrorCode,
     UploadError,
     classify,
     fatal,

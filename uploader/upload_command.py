@@ -13,9 +13,10 @@ import os
 import sys
 from pathlib import Path
 
+from voicevault.contract import ErrorClass, ErrorCode
 from voicevault.uploader import envelope
 from voicevault.uploader.bucketurl import BucketUrlError, parse_bucket_url
-from voicevault.uploader.errors import ErrorClass, ErrorCode, UploadError, fatal
+from voicevault.uploader.errors import UploadError, fatal
 from voicevault.uploader.media import content_type_for
 from voicevault.uploader.progress import for_stream
 from voicevault.uploader.s3client import AwsKeys, ClientSettings, make_client

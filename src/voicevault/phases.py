@@ -26,6 +26,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import ValidationError
 
+from voicevault.contract import ErrorCode, ItemResult
 from voicevault.crds.recording import (
     FINALIZER,
     RETRY_ANNOTATION,
@@ -36,8 +37,7 @@ from voicevault.crds.recording import (
 from voicevault.operator.conditions import condition, find, iso, merge_conditions, parse_time
 from voicevault.operator.retrypolicy import RetryPolicy, next_retry
 from voicevault.operator.sids import recording_sid
-from voicevault.uploader.batchspec import ItemResult
-from voicevault.uploader.errors import ErrorCode, failed_summary
+from voicevault.uploader.errors import failed_summary
 
 EventType = Literal["Normal", "Warning"]
 TERMINAL = (Phase.COMPLETED.value, Phase.FAILED.value)

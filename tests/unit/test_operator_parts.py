@@ -7,14 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.support import samples
-from voicevault.crds.recording import RecordingSpec, StorageSnapshot
-from voicevault.operator import credentials, pods, settings
-from voicevault.operator.callbacks import callback_params
-from voicevault.operator.conditions import condition, merge_conditions
-from voicevault.operator.config import UploaderPodConfig
-from voicevault.operator.queues import NodeQueues, QueueEntry
-from voicevault.operator.settings import CredentialView
-from voicevault.uploader.batchspec import (
+from voicevault.contract import (
     TERMINATION_MESSAGE_LIMIT,
     BatchItem,
     BatchOutcome,
@@ -22,6 +15,13 @@ from voicevault.uploader.batchspec import (
     CredentialFile,
     ItemResult,
 )
+from voicevault.crds.recording import RecordingSpec, StorageSnapshot
+from voicevault.operator import credentials, pods, settings
+from voicevault.operator.callbacks import callback_params
+from voicevault.operator.conditions import condition, merge_conditions
+from voicevault.operator.config import UploaderPodConfig
+from voicevault.operator.queues import NodeQueues, QueueEntry
+from voicevault.operator.settings import CredentialView
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

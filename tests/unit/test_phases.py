@@ -13,9 +13,9 @@ import pytest
 
 from tests.unit.test_recording_rules import NOW, _accepted, _completed_with_callback, _rec
 from voicevault import phases
+from voicevault.contract import BatchOutcome, ItemResult, ResultKind
 from voicevault.crds.recording import FINALIZER, RETRY_ANNOTATION, Phase
 from voicevault.operator import pods
-from voicevault.uploader.batchspec import BatchOutcome, ItemResult, ResultKind
 
 POD = "voicevault-upload-node-a-1"
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tests.unit.test_recording_rules import NOW, _accepted, _rec, _setting
+from voicevault.contract import ErrorCode
 from voicevault.operator.recordings import reconcile
 from voicevault.operator.settings import SettingView
 from voicevault.phases import fatal_failure, requeued, transient_failure, uploading
-from voicevault.uploader.errors import ErrorCode, fatal
+from voicevault.uploader.errors import fatal
 from voicevault.uploader.recordingstatus import completed_patch, failed_patch
 from voicevault.uploader.transfer import UploadResult
 
