@@ -27,6 +27,7 @@ from voicevault.operator.eventposter import POSTERS, EventPoster
 from voicevault.operator.kube import Kube
 from voicevault.operator.recordingcontroller import INTAKE_WORKERS, RecordingController
 from voicevault.operator.settingcontroller import SettingController
+from voicevault.operator.shared import Shared
 from voicevault.operator.viewstore import ViewStore
 from voicevault.uploader.s3client import warm_up
 
@@ -44,13 +45,10 @@ class Controller:
         self.store = ViewStore(kube)
         self.events = EventPoster(kube)
         self.background = Background()
-        self.settings = SettingController(
-            kube, config, self.store, self.events, clock, ready=self._setting_ready
-        )
-        self.credentials = CredentialController(kube, self.store, self.events, self.settings, clock)
-        self.recordings = RecordingController(
-            kube, config, self.store, self.events, self.settings, self.background, clock
-        )
+        shared = Shared(kube, config, self.store, self.events, clock)
+        self.settings = SettingController(shared, ready=self._setting_ready)
+        self.credentials = CredentialController(shared, self.settings)
+        self.recordings = RecordingController(shared, self.settings, self.background)
         self.scheduler = self.recordings.scheduler
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from voicevault.crds import awscredential
 from voicevault.operator import credentials
 from voicevault.operator.bodies import same_status
 from voicevault.operator.conditions import find
-from voicevault.operator.eventposter import EventPoster
-from voicevault.operator.kube import Kube
 from voicevault.operator.settingcontroller import SettingController
 from voicevault.operator.settings import CredentialView
-from voicevault.operator.viewstore import ViewStore
+from voicevault.operator.shared import Part, Shared
 from voicevault.phases import Event
 
 ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
 SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - the default key name in a Secret
 
 
-class CredentialController:
-    def __init__(
-        self,
-        kube: Kube,
-        store: ViewStore,
-        events: EventPoster,
-        settings: SettingController,
-        clock: Callable[[], datetime],
-    ) -> None:
-        self.kube = kube
-        self.store = store
-        self.events = events
+class CredentialController(Part):
+    def __init__(self, shared: Shared, settings: SettingController) -> None:
+        super().__init__(shared)
         self.settings = settings
-        self.clock = clock
 
     async def on_credential(self, body: dict[str, Any], *, refresh_settings: bool = True) -> None:
         meta = body["metadata"]

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -25,14 +24,12 @@ from voicevault.operator import callbacks, metrics
 from voicevault.operator.background import Background
 from voicevault.operator.bodies import slim
 from voicevault.operator.conditions import parse_time
-from voicevault.operator.config import OperatorConfig
-from voicevault.operator.eventposter import EventPoster
-from voicevault.operator.kube import Kube, is_status
+from voicevault.operator.kube import is_status
 from voicevault.operator.queues import QueueEntry
 from voicevault.operator.recordings import Decision, reconcile
 from voicevault.operator.scheduler import Scheduler
 from voicevault.operator.settingcontroller import SettingController
-from voicevault.operator.viewstore import ViewStore
+from voicevault.operator.shared import Part, Shared
 from voicevault.operator.workqueue import WorkQueue
 from voicevault.phases import Event, RecordingView
 
@@ -49,25 +46,12 @@ RecordingWork = Literal["event", "deleted", "reread"]
 SETTLE_CLAIM_TRIES = 5  # conflicts in a row before a settlement is left to the next look
 
 
-class RecordingController:
-    def __init__(
-        self,
-        kube: Kube,
-        config: OperatorConfig,
-        store: ViewStore,
-        events: EventPoster,
-        settings: SettingController,
-        background: Background,
-        clock: Callable[[], datetime],
-    ) -> None:
-        self.kube = kube
-        self.config = config
-        self.store = store
-        self.events = events
+class RecordingController(Part):
+    def __init__(self, shared: Shared, settings: SettingController, background: Background) -> None:
+        super().__init__(shared)
         self.settings = settings
         self.background = background
-        self.clock = clock
-        self.scheduler = Scheduler(kube, config, store, events, clock, held=self._held)
+        self.scheduler = Scheduler(shared, held=self._held)
         self.waiting: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> uid -> body
         self.phases: dict[str, str] = {}  # uid -> last seen phase (for metrics and events)
         self.settling: set[str] = set()  # uids this process is settling right now

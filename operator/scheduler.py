@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from voicevault import phases
@@ -27,16 +27,13 @@ from voicevault.contract import (
 )
 from voicevault.crds.recording import FINALIZER, PLURAL, Phase, StorageSnapshot
 from voicevault.operator import metrics, pods
-from voicevault.operator.config import OperatorConfig
-from voicevault.operator.eventposter import EventPoster
-from voicevault.operator.kube import Kube, is_status
+from voicevault.operator.kube import is_status
 from voicevault.operator.queues import NodeQueues, QueueEntry
-from voicevault.operator.viewstore import ViewStore
+from voicevault.operator.shared import Part, Shared
 from voicevault.phases import Event, RecordingView
 
 log = logging.getLogger("voicevault.operator.scheduler")
 
-Clock = Callable[[], datetime]
 RELAUNCH_DELAY = timedelta(seconds=5)
 API_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # reading a recording after its pod ended
 
@@ -52,26 +49,10 @@ class ActivePod:
     seen: bool = False  # listed at least once since creation
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Scheduler:
-    def __init__(
-        self,
-        kube: Kube,
-        config: OperatorConfig,
-        store: ViewStore,
-        events: EventPoster,
-        clock: Clock = utcnow,
-        held: Callable[[QueueEntry], None] = lambda _: None,
-    ) -> None:
-        self.kube = kube
+class Scheduler(Part):
+    def __init__(self, shared: Shared, held: Callable[[QueueEntry], None] = lambda _: None) -> None:
+        super().__init__(shared)
         self.held = held  # an upload not made now: the recordings controller reads it again
-        self.config = config
-        self.store = store
-        self.events = events
-        self.clock = clock
         self.queues = NodeQueues()
         self.active: dict[str, ActivePod] = {}  # by node
         self._wake = asyncio.Event()

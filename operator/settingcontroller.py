@@ -18,32 +18,17 @@ from voicevault.crds.voicestoragesetting import SETTING_NAME
 from voicevault.operator import callbacks, metrics, settings
 from voicevault.operator.bodies import same_status
 from voicevault.operator.conditions import find, is_true
-from voicevault.operator.config import OperatorConfig
-from voicevault.operator.eventposter import EventPoster
-from voicevault.operator.kube import Kube
 from voicevault.operator.settings import CredentialView, SettingView
-from voicevault.operator.viewstore import ViewStore
+from voicevault.operator.shared import Part, Shared
 from voicevault.phases import Event
 from voicevault.uploader.s3client import AwsKeys, make_client
 
 log = logging.getLogger("voicevault.operator")
 
 
-class SettingController:
-    def __init__(
-        self,
-        kube: Kube,
-        config: OperatorConfig,
-        store: ViewStore,
-        events: EventPoster,
-        clock: Callable[[], datetime],
-        ready: Callable[[str], None] = lambda _: None,
-    ) -> None:
-        self.kube = kube
-        self.config = config
-        self.store = store
-        self.events = events
-        self.clock = clock
+class SettingController(Part):
+    def __init__(self, shared: Shared, ready: Callable[[str], None] = lambda _: None) -> None:
+        super().__init__(shared)
         self.ready = ready  # called with the namespace whose setting became ready
         self.next_validation: dict[str, datetime] = {}
         self._locks: dict[str, asyncio.Lock] = {}
