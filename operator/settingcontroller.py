@@ -21,6 +21,8 @@ from voicevault.operator.conditions import find, is_true
 from voicevault.operator.settings import CredentialView, SettingView
 from voicevault.operator.shared import Part, Shared
 from voicevault.phases import Event
+from voicevault.uploader import s3calls
+from voicevault.uploader.errors import UploadError
 from voicevault.uploader.s3client import AwsKeys, make_client
 
 log = logging.getLogger("voicevault.operator")
@@ -179,7 +181,12 @@ class SettingController(Part):
         aws_keys = AwsKeys(keys.access_key_id, keys.secret_access_key, keys.session_token)
 
         def validate() -> tuple[bool, str, str]:
-            return settings.validate_bucket(make_client(location, aws_keys), location)
+            client = make_client(location, aws_keys)
+            try:
+                s3calls.open_and_abort(client, location.bucket, settings.validation_key(location))
+            except UploadError as exc:
+                return settings.validation_failure(exc)
+            return settings.validation_passed(location)
 
         return await asyncio.to_thread(validate)
 

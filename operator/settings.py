@@ -1,8 +1,9 @@
 """VoiceStorageSetting: is the namespace's setting complete and consistent (Ready), and
 does the bucket accept uploads from its credential (Validated)?
 
-`evaluate` is pure. Validation talks to the bucket with the seed policy's permissions
-only: it opens a multipart upload under the prefix and aborts it, leaving nothing.
+Pure. The settings controller validates the bucket with the seed policy's permissions
+only (`uploader/s3calls.open_and_abort`: a multipart upload under the prefix, opened and
+aborted, leaving nothing); these rules name its key and read its answer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -20,11 +21,7 @@ from voicevault.operator.conditions import condition, find, merge_conditions
 from voicevault.operator.config import DEFAULT_RETRY_WINDOW_SECONDS
 from voicevault.uploader import envelope
 from voicevault.uploader.bucketurl import BucketLocation, BucketUrlError, parse_bucket_url
-from voicevault.uploader.errors import UploadError, classify
-from voicevault.uploader.s3calls import abort_upload
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+from voicevault.uploader.errors import UploadError
 
 VALIDATION_KEY_DIR = ".voicevault-validation"
 # validation answers that say the configuration cannot work (not a passing outage): the
@@ -285,25 +282,17 @@ def validation_due(
     return elapsed >= interval_s
 
 
-def validate_bucket(client: S3Client, location: BucketLocation) -> tuple[bool, str, str]:
-    """Open and abort a multipart upload under the prefix: PutObject and Abort allowed.
+def validation_key(location: BucketLocation) -> str:
+    """A fresh key under the prefix for the test upload (opened and aborted at once)."""
+    return f"{location.prefix}{VALIDATION_KEY_DIR}/{uuid.uuid4().hex}"
 
-    Returns (ok, reason, message). Uses no permission beyond the seed policy, and the
-    aborted upload leaves no object and no open upload behind.
-    """
-    key = f"{location.prefix}{VALIDATION_KEY_DIR}/{uuid.uuid4().hex}"
-    try:
-        created = client.create_multipart_upload(Bucket=location.bucket, Key=key)
-    except Exception as exc:
-        return _validation_failure(classify(exc, "CreateMultipartUpload"))
-    try:
-        abort_upload(client, location.bucket, key, str(created["UploadId"]))
-    except UploadError as exc:
-        return _validation_failure(exc)
+
+def validation_passed(location: BucketLocation) -> tuple[bool, str, str]:
     return True, "BucketAcceptsUploads", f"opened and aborted a test upload in {location.bucket!r}"
 
 
-def _validation_failure(error: UploadError) -> tuple[bool, str, str]:
+def validation_failure(error: UploadError) -> tuple[bool, str, str]:
+    """(ok, reason, message) of a test upload the bucket refused or never answered."""
     reason = {
         16112: "AccessDenied",
         16111: "BucketUnreachable" if not error.fatal else "UploadRejected",

@@ -1,8 +1,8 @@
-"""S3 calls both sides make on open multipart uploads: list them, abort them.
+"""S3 calls both sides make on multipart uploads: list the open ones, abort, test.
 
 The uploader aborts what a resumed or deleted recording left open; the operator opens and
 aborts a test upload to validate a setting's bucket. Only the seed policy's permissions
-are used (ListBucketMultipartUploads, AbortMultipartUpload).
+are used (PutObject, ListBucketMultipartUploads, AbortMultipartUpload).
 """
 
 from __future__ import annotations
@@ -47,3 +47,14 @@ def abort_open_uploads(client: S3Client, bucket: str, key: str) -> int:
     for upload_id in ids:
         abort_upload(client, bucket, key, upload_id)
     return len(ids)
+
+
+def open_and_abort(client: S3Client, bucket: str, key: str) -> None:
+    """Open a multipart upload of `key` and abort it: the bucket accepts uploads from
+    these keys (PutObject and AbortMultipartUpload allowed), and nothing is left behind.
+    Raises UploadError."""
+    try:
+        created = client.create_multipart_upload(Bucket=bucket, Key=key)
+    except Exception as exc:
+        raise classify(exc, "CreateMultipartUpload") from None
+    abort_upload(client, bucket, key, str(created["UploadId"]))
