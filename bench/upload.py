@@ -7,6 +7,8 @@ Run from the repository root (the test bed's S3 servers come from ``tests.bed``)
     .venv/bin/python bench/upload.py --write              # also update BENCHMARKS.md
     .venv/bin/python bench/upload.py --server minio --sizes 256 \\
         --variants boto3-proc,vv-enc,vv-enc:16x4          # try other part sizes/concurrency
+    .venv/bin/python bench/upload.py --server minio --sizes 256 \\
+        --variants vv-plain,vv-plain+meta,vv-enc,vv-enc+meta  # the metadata document's cost
 
 For each server and size, one file of random bytes is uploaded by every variant, the
 variants taking turns (round-robin, the order rotated each round) so that drift in the
@@ -17,6 +19,8 @@ machine or the server hits them all alike:
                 pays interpreter start-up, imports and client set-up
 ``vv-plain``    ``voicevault upload`` in a subprocess, unencrypted
 ``vv-enc``      ``voicevault upload`` in a subprocess, encrypted (RSA-2048 key)
+
+``+meta`` adds ``--metadata``: the object's SHA-256 while sending, then the document.
 
 A voicevault variant may carry its own part size and concurrency, ``vv-enc:16x2`` meaning
 ``--part-size 16 --concurrency 2``. Every variant uses the same narrow (seed-policy)
@@ -121,6 +125,7 @@ class Variant:
     encrypted: bool = False
     part_size: int | None = None  # MiB; None: the command's default
     concurrency: int | None = None
+    metadata: bool = False  # --metadata: also the metadata document (and the SHA-256)
 
     @property
     def in_process(self) -> bool:
@@ -134,10 +139,27 @@ class Variant:
         what = "`voicevault upload`, " + ("encrypted" if self.encrypted else "unencrypted")
         if self.part_size is not None:
             what += f", {self.part_size} MiB parts x {self.concurrency}"
+        if self.metadata:
+            what += ", with the metadata document"
         return what
 
 
-_VARIANT_RE = re.compile(r"(?P<base>vv-plain|vv-enc)(?::(?P<part>\d+)x(?P<conc>\d+))?")
+_VARIANT_RE = re.compile(
+    r"(?P<base>vv-plain|vv-enc)(?::(?P<part>\d+)x(?P<conc>\d+))?(?P<meta>\+meta)?"
+)
+
+
+METADATA_FLAGS = [
+    "--metadata",
+    "--call-sid",
+    "CA" + "0" * 32,
+    "--source",
+    "DialVerb",
+    "--start-time",
+    "2026-11-25T10:00:00Z",
+    "--duration",
+    "60",
+]
 
 
 def parse_variant(text: str) -> Variant:
@@ -149,7 +171,7 @@ def parse_variant(text: str) -> Variant:
     if match is None:
         raise argparse.ArgumentTypeError(
             f"unknown variant {text!r}; expected boto3, boto3-proc, vv-plain or vv-enc, "
-            "optionally with :PARTxCONC (vv-enc:16x2)"
+            "optionally with :PARTxCONC (vv-enc:16x2) and +meta (vv-enc+meta)"
         )
     part, conc = match["part"], match["conc"]
     return Variant(
@@ -158,6 +180,7 @@ def parse_variant(text: str) -> Variant:
         encrypted=match["base"] == "vv-enc",
         part_size=int(part) if part else None,
         concurrency=int(conc) if conc else None,
+        metadata=bool(match["meta"]),
     )
 
 
@@ -245,6 +268,8 @@ class Bench:
             extra += ["--part-size", str(variant.part_size)]
         if variant.concurrency is not None:
             extra += ["--concurrency", str(variant.concurrency)]
+        if variant.metadata:
+            extra += METADATA_FLAGS
         state_dir = self.workdir / "state" / sid
         args = upload_args(
             media,

@@ -20,6 +20,9 @@ from voicevault.crds.meta import (
 KIND = "Recording"
 PLURAL = "recordings"
 RECORDING_SID = r"^RE[0-9a-f]{32}$"
+ACCOUNT_SID = r"^AC[0-9a-f]{32}$"
+CALL_SID = r"^CA[0-9a-f]{32}$"
+CONFERENCE_SID = r"^CF[0-9a-f]{32}$"
 
 
 class Phase(StrEnum):
@@ -98,15 +101,15 @@ class RecordingSpec(KubeModel):
         }
     )
 
-    account_sid: str = Field(pattern=r"^AC[0-9a-f]{32}$", description="Account SID (AC...).")
+    account_sid: str = Field(pattern=ACCOUNT_SID, description="Account SID (AC...).")
     call_sid: str | None = Field(
         default=None,
-        pattern=r"^CA[0-9a-f]{32}$",
+        pattern=CALL_SID,
         description="SID of the call recorded (CA + 32 hex). callSid or conferenceSid is set.",
     )
     conference_sid: str | None = Field(
         default=None,
-        pattern=r"^CF[0-9a-f]{32}$",
+        pattern=CONFERENCE_SID,
         description="SID of the conference recorded (CF + 32 hex), for conference recordings.",
     )
     source: RecordingSource = Field(description="What started the recording (Twilio's values).")
@@ -185,6 +188,13 @@ class StorageSnapshot(KubeModel):
     callback_signing_key: str | None = Field(
         default=None, description="Key inside that Secret (its name, never its value)."
     )
+    metadata_key: str | None = Field(
+        default=None,
+        description="Object key of the metadata JSON (objectKey + .json); absent when off.",
+    )
+    metadata_url: str | None = Field(
+        default=None, description="The URL the metadata JSON will have once stored."
+    )
 
 
 class UploadAttempt(KubeModel):
@@ -236,6 +246,10 @@ class RecordingStatus(KubeModel):
     )
     message: str | None = Field(default=None, max_length=1024, description="Why, for people.")
     media_url: str | None = Field(default=None, description="Full URL of the stored object.")
+    metadata_url: str | None = Field(
+        default=None,
+        description="Full URL of the metadata JSON beside it, once stored (metadataObject on).",
+    )
     size: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Media bytes.")
     attempts: Annotated[int, Field(ge=0)] = Field(
         default=0,
@@ -278,5 +292,6 @@ class RecordingStatus(KubeModel):
         default=None, description="metadata.generation the operator last acted on."
     )
     conditions: list[Condition] = conditions_field(
-        "Stored: the object is in the bucket. CallbackDelivered: the status callback got a 2xx."
+        "Stored: the object is in the bucket. MetadataStored: its metadata JSON is too "
+        "(metadataObject on). CallbackDelivered: the status callback got a 2xx."
     )

@@ -164,6 +164,20 @@ class StatusCallbackDefaults(KubeModel):
     )
 
 
+class MetadataObject(KubeModel):
+    """A JSON document written next to each media object: what Twilio keeps behind its API."""
+
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Write <object key>.json beside every new recording's media object: its SIDs, "
+            "source, channels, track, start time, duration, the object's size and SHA-256, "
+            "and the encryption details (never key material). Schema: "
+            "docs/recording-metadata.schema.json."
+        ),
+    )
+
+
 class VoiceStorageSettingSpec(KubeModel):
     """External storage, encryption, retry and callback settings of one account (namespace)."""
 
@@ -195,13 +209,22 @@ class VoiceStorageSettingSpec(KubeModel):
         json_schema_extra={"default": {}},
     )
     status_callback: StatusCallbackDefaults | None = None
+    metadata_object: MetadataObject | None = Field(
+        default=None,
+        description="Metadata JSON beside the media (off when absent); new recordings only.",
+    )
 
 
 class ParsedBucket(KubeModel):
     """The bucket URL as the operator understood it."""
 
     bucket: str = Field(description="Bucket name.")
-    region: str = Field(description="Region requests are signed for.")
+    region: str = Field(
+        description=(
+            "Region the bucket URL or spec region names; us-east-1 when neither names one "
+            "(bucketRegion then says where the bucket is)."
+        )
+    )
     prefix: str = Field(description="Key path inside the bucket ('' for the root).")
     style: Literal["virtual", "path"] = Field(
         description="virtual: BUCKET.host/key; path: host/BUCKET/key (as the URL was written)."
@@ -215,6 +238,14 @@ class VoiceStorageSettingStatus(KubeModel):
     """Parsed bucket, resolved credential and key, and validation against the bucket."""
 
     parsed: ParsedBucket | None = None
+    bucket_region: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Region the bucket answered from at the last validation; recordings are signed "
+            "for it. When the bucket URL names no region, this is how it is found."
+        ),
+    )
     credential_sid: str | None = Field(
         default=None,
         pattern=CREDENTIAL_SID,

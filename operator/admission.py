@@ -22,7 +22,12 @@ from voicevault.crds.voicestoragesetting import VoiceStorageSettingSpec
 from voicevault.operator.config import DEFAULT_RETRY_WINDOW_SECONDS
 from voicevault.operator.retrypolicy import RetryPolicy
 from voicevault.uploader import envelope
-from voicevault.uploader.bucketurl import BucketUrlError, parse_bucket_url
+from voicevault.uploader.bucketurl import (
+    BucketLocation,
+    BucketUrlError,
+    parse_bucket_url,
+    region_mismatch,
+)
 
 __all__ = ["Decision", "decide", "review_response"]
 
@@ -64,7 +69,8 @@ def decide(request: dict[str, Any]) -> Decision:
     if not isinstance(spec, dict):
         return Decision(("spec is required",))
     if kind == voicestoragesetting.KIND:
-        return Decision(tuple(setting_problems(namespace, spec)))
+        status = _mapping(old.get("status")) if request.get("operation") == "UPDATE" else {}
+        return Decision(tuple(setting_problems(namespace, spec, status)))
     return Decision(tuple(credential_problems(namespace, spec)))
 
 
@@ -102,7 +108,11 @@ def _mapping(value: object) -> dict[str, Any]:
 # --- VoiceStorageSetting ------------------------------------------------------------------
 
 
-def setting_problems(namespace: str, raw: dict[str, Any]) -> list[str]:
+def setting_problems(
+    namespace: str, raw: dict[str, Any], old_status: dict[str, Any] | None = None
+) -> list[str]:
+    """`old_status`: the status of the setting being updated, whose `bucketRegion` says
+    where its bucket answered from."""
     spec = _model(VoiceStorageSettingSpec, raw)
     if isinstance(spec, str):
         return [spec]
@@ -110,11 +120,15 @@ def setting_problems(namespace: str, raw: dict[str, Any]) -> list[str]:
     storage = spec.external_storage
     if storage.enabled and storage.bucket_url is not None:
         try:
-            parse_bucket_url(
+            location = parse_bucket_url(
                 storage.bucket_url, endpoint_url=storage.endpoint_url, region=storage.region
             )
         except BucketUrlError as exc:
             problems.append(f"{_as_written(storage)}: {exc}")
+        else:
+            mismatch = _known_region_mismatch(location, old_status or {})
+            if mismatch is not None:
+                problems.append(f"{_as_written(storage)}: {mismatch}")
     ref = storage.credential_ref
     if ref is not None and ref.namespace and ref.namespace != namespace:
         problems.append(
@@ -148,6 +162,25 @@ def setting_problems(namespace: str, raw: dict[str, Any]) -> list[str]:
             f"initialBackoffSeconds {retry.initial_backoff_seconds}"
         )
     return problems
+
+
+def _known_region_mismatch(location: BucketLocation, old_status: dict[str, Any]) -> str | None:
+    """A named region that contradicts where this very bucket answered from before."""
+    parsed = _mapping(old_status.get("parsed"))
+    answered = old_status.get("bucketRegion")
+    if (
+        not isinstance(answered, str)
+        or parsed.get("bucket") != location.bucket
+        or parsed.get("endpointUrl") != location.endpoint_url
+    ):
+        return None
+    problem = region_mismatch(location, answered)
+    if problem is None:
+        return None
+    return (
+        f"{problem} (found at its last validation; if the bucket has moved since, leave the "
+        "region out and the next validation finds it)"
+    )
 
 
 def _as_written(storage: voicestoragesetting.ExternalStorage) -> str:

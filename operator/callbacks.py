@@ -41,6 +41,9 @@ def callback_params(spec: RecordingSpec, status: dict[str, Any]) -> dict[str, st
     }
     if spec.conference_sid:
         params["ConferenceSid"] = spec.conference_sid
+    if completed and status.get("metadataUrl"):
+        # beyond Twilio: the metadata document beside the media (metadataObject on)
+        params["RecordingMetadataUrl"] = str(status["metadataUrl"])
     details = status.get("encryptionDetails")
     if completed and details:
         twilio_form = EncryptionDetails.from_mapping(details).to_twilio()

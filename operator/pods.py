@@ -252,6 +252,7 @@ def batch_for(
             public_key_sid=e.snapshot.public_key_sid,
             credential=refs[(e.namespace, e.snapshot.credential_name)],
             credential_name=e.snapshot.credential_name,
+            metadata=e.metadata,
         )
         for e in entries
     ]

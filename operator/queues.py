@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Literal
 
 from voicevault.crds.recording import StorageSnapshot
+from voicevault.uploader.metadata import MetadataTarget
 
 
 @dataclass
@@ -26,6 +27,7 @@ class QueueEntry:
     action: Literal["upload", "purge"]
     due: datetime
     created: datetime
+    metadata: MetadataTarget | None = None  # the metadata document to write (setting's choice)
 
     @property
     def ref(self) -> str:

@@ -32,6 +32,7 @@ from voicevault.operator.settingcontroller import SettingController
 from voicevault.operator.shared import Part, Shared
 from voicevault.operator.workqueue import WorkQueue
 from voicevault.phases import Event, RecordingView
+from voicevault.uploader.metadata import metadata_target
 
 log = logging.getLogger("voicevault.operator")
 
@@ -210,6 +211,7 @@ class RecordingController(Part):
                 action=action,
                 due=due,
                 created=rec.created,
+                metadata=metadata_target(rec.spec, rec.sid, snapshot),
             )
         )
 

@@ -289,6 +289,7 @@ class Scheduler(Part):
                 action=i.action,
                 due=now,
                 created=now,
+                metadata=i.metadata,
             )
             for i in batch.items
         ]

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voicevault.crds import voicestoragesetting
 from voicevault.crds.voicestoragesetting import SETTING_NAME
@@ -22,8 +22,12 @@ from voicevault.operator.settings import CredentialView, SettingView
 from voicevault.operator.shared import Part, Shared
 from voicevault.phases import Event
 from voicevault.uploader import s3calls
+from voicevault.uploader.bucketurl import BucketLocation
 from voicevault.uploader.errors import UploadError
-from voicevault.uploader.s3client import AwsKeys, make_client
+from voicevault.uploader.s3client import AnsweredRegion, AwsKeys, make_client
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("voicevault.operator")
 
@@ -69,6 +73,7 @@ class SettingController(Part):
             )
         ):
             validated = await self._validate(namespace, evaluation, credential)
+        evaluation = settings.located(evaluation, validated, current, generation)
         refusal = settings.refusal(validated, current, generation) if evaluation.ready else None
         refused = settings.refused_evaluation(evaluation, *refusal) if refusal else None
         status = settings.status_for(
@@ -171,22 +176,17 @@ class SettingController(Part):
         namespace: str,
         evaluation: settings.SettingEvaluation,
         credential: CredentialView | None,
-    ) -> tuple[bool, str, str]:
+    ) -> settings.Validation:
         assert evaluation.location is not None
         assert credential is not None
         keys = await self.store.credential_keys(namespace, credential.name)
         if isinstance(keys, str):
-            return False, "CredentialUnusable", keys
+            return settings.Validation(False, "CredentialUnusable", keys)
         location = evaluation.location
         aws_keys = AwsKeys(keys.access_key_id, keys.secret_access_key, keys.session_token)
 
-        def validate() -> tuple[bool, str, str]:
-            client = make_client(location, aws_keys)
-            try:
-                s3calls.open_and_abort(client, location.bucket, settings.validation_key(location))
-            except UploadError as exc:
-                return settings.validation_failure(exc)
-            return settings.validation_passed(location)
+        def validate() -> settings.Validation:
+            return validate_bucket(make_client(location, aws_keys), location)
 
         return await asyncio.to_thread(validate)
 
@@ -217,3 +217,14 @@ class SettingController(Part):
                         await self.on_setting(body, force_validation=True)
                     except Exception:
                         log.exception("re-validation failed", extra={"namespace": namespace})
+
+
+def validate_bucket(client: S3Client, location: BucketLocation) -> settings.Validation:
+    """The test upload (`s3calls.open_and_abort`) under the prefix, and the verdict the
+    rules read from its answer, with the region the bucket answered from."""
+    answered = AnsweredRegion(client)
+    try:
+        s3calls.open_and_abort(client, location.bucket, settings.validation_key(location))
+    except UploadError as exc:
+        return settings.validation_failure(exc, location)
+    return settings.validation_passed(location, answered.region or location.region)

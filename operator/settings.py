@@ -3,15 +3,18 @@ does the bucket accept uploads from its credential (Validated)?
 
 Pure. The settings controller validates the bucket with the seed policy's permissions
 only (`uploader/s3calls.open_and_abort`: a multipart upload under the prefix, opened and
-aborted, leaving nothing); these rules name its key and read its answer.
+aborted, leaving nothing); these rules name its key and read its answer. Validation also
+finds the bucket's region when the URL names none: the region the bucket answered from
+is kept in `status.bucketRegion` and recordings are signed for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -20,13 +23,37 @@ from voicevault.crds.voicestoragesetting import VoiceStorageSettingSpec
 from voicevault.operator.conditions import condition, find, merge_conditions
 from voicevault.operator.config import DEFAULT_RETRY_WINDOW_SECONDS
 from voicevault.uploader import envelope
-from voicevault.uploader.bucketurl import BucketLocation, BucketUrlError, parse_bucket_url
-from voicevault.uploader.errors import UploadError
+from voicevault.uploader.bucketurl import (
+    DEFAULT_REGION,
+    BucketLocation,
+    BucketUrlError,
+    parse_bucket_url,
+    region_mismatch,
+)
+from voicevault.uploader.errors import REGION_HINT_CODES, UploadError
 
 VALIDATION_KEY_DIR = ".voicevault-validation"
 # validation answers that say the configuration cannot work (not a passing outage): the
 # setting is not Ready and its recordings wait, keeping their media
-REFUSED = frozenset({"AccessDenied", "NoSuchBucket", "UploadRejected", "CredentialUnusable"})
+REFUSED = frozenset(
+    {
+        "AccessDenied",
+        "NoSuchBucket",
+        "UploadRejected",
+        "CredentialUnusable",
+        "RegionMismatch",
+        "RegionUnknown",
+    }
+)
+
+
+class Validation(NamedTuple):
+    """The test upload's verdict, and the region the bucket answered from (if it did)."""
+
+    ok: bool
+    reason: str
+    message: str
+    region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,12 +196,12 @@ def _cross_namespace(namespace: str, spec: VoiceStorageSettingSpec) -> str | Non
 
 
 def refusal(
-    validated: tuple[bool, str, str] | None, current: dict[str, Any], generation: int
+    validated: Validation | tuple[bool, str, str] | None, current: dict[str, Any], generation: int
 ) -> tuple[str, str] | None:
     """(reason, message) when the bucket refused this generation's configuration: from
     the check that just ran, else from the last one recorded for this generation."""
     if validated is not None:
-        ok, reason, message = validated
+        ok, reason, message = validated[:3]
         return (reason, message) if not ok and reason in REFUSED else None
     last = find(current.get("conditions"), "Validated")
     if (
@@ -205,7 +232,7 @@ def status_for(
     generation: int,
     credential: CredentialView | None,
     current: dict[str, Any],
-    validated: tuple[bool, str, str] | None,
+    validated: Validation | None,
     validation_time: datetime | None,
     now: datetime,
     refused: SettingEvaluation | None = None,
@@ -220,7 +247,7 @@ def status_for(
     if signing is not None:
         updates.append(condition("CallbackSigning", *signing, now, generation))
     if validated is not None:
-        ok, reason, message = validated
+        ok, reason, message = validated[:3]
         updates.append(condition("Validated", ok, reason, message, now, generation))
     elif not evaluation.ready or location is None:
         reason = "Disabled" if evaluation.reason == "Disabled" else "NotReady"
@@ -238,7 +265,7 @@ def status_for(
         "parsed": (
             {
                 "bucket": location.bucket,
-                "region": location.region,
+                "region": location.named_region or DEFAULT_REGION,
                 "prefix": location.prefix,
                 "style": location.style,
                 "endpointUrl": location.endpoint_url,
@@ -246,6 +273,7 @@ def status_for(
             if location
             else None
         ),
+        "bucketRegion": known_region(validated, current, generation) if location else None,
         "credentialSid": credential.sid if credential and evaluation.ready and location else None,
         "publicKeySid": evaluation.public_key_sid,
         "lastValidationTime": (
@@ -282,21 +310,72 @@ def validation_due(
     return elapsed >= interval_s
 
 
+def known_region(
+    validated: Validation | None, current: dict[str, Any], generation: int
+) -> str | None:
+    """The bucket's region: from the check that just ran, else as recorded for this
+    generation (a new generation may point at another bucket, and is validated first)."""
+    if validated is not None and validated.region:
+        return validated.region
+    recorded = current.get("bucketRegion")
+    if current.get("validatedGeneration") == generation and isinstance(recorded, str):
+        return recorded or None
+    return None
+
+
+def located(
+    evaluation: SettingEvaluation,
+    validated: Validation | None,
+    current: dict[str, Any],
+    generation: int,
+) -> SettingEvaluation:
+    """The evaluation signing for the bucket's own region, when the URL names none.
+
+    `mediaUrl` keeps the customer's form: only the signing region changes.
+    """
+    location = evaluation.location
+    region = known_region(validated, current, generation)
+    if location is None or location.named_region is not None or region in (None, location.region):
+        return evaluation
+    return dataclasses.replace(evaluation, location=dataclasses.replace(location, region=region))
+
+
 def validation_key(location: BucketLocation) -> str:
     """A fresh key under the prefix for the test upload (opened and aborted at once)."""
     return f"{location.prefix}{VALIDATION_KEY_DIR}/{uuid.uuid4().hex}"
 
 
-def validation_passed(location: BucketLocation) -> tuple[bool, str, str]:
-    return True, "BucketAcceptsUploads", f"opened and aborted a test upload in {location.bucket!r}"
+def validation_passed(location: BucketLocation, region: str) -> Validation:
+    """The verdict on a test upload the bucket accepted, answering from `region` (botocore
+    follows a wrong-region answer that names the region: where it ended up signing is the
+    bucket's region)."""
+    mismatch = region_mismatch(location, region)
+    if mismatch is not None:
+        return Validation(False, "RegionMismatch", mismatch, region)
+    found = f" (region {region!r}, found from its answer)" if region != location.region else ""
+    return Validation(
+        True,
+        "BucketAcceptsUploads",
+        f"opened and aborted a test upload in {location.bucket!r}{found}",
+        region,
+    )
 
 
-def validation_failure(error: UploadError) -> tuple[bool, str, str]:
-    """(ok, reason, message) of a test upload the bucket refused or never answered."""
+def validation_failure(error: UploadError, location: BucketLocation) -> Validation:
+    """The verdict on a test upload the bucket refused or never answered."""
+    if error.s3_code in REGION_HINT_CODES:
+        form = "" if location.endpoint_url else " (https://BUCKET.s3.REGION.amazonaws.com/...)"
+        return Validation(
+            False,
+            "RegionUnknown",
+            f"{error.message} (error {int(error.code)}): requests signed for region "
+            f"{location.region!r} were refused and the bucket's region could not be found; "
+            f"name it in bucketUrl{form} or in spec.externalStorage.region",
+        )
     reason = {
         16112: "AccessDenied",
         16111: "BucketUnreachable" if not error.fatal else "UploadRejected",
     }.get(int(error.code), "ValidationFailed")
     if error.s3_code == "NoSuchBucket":
         reason = "NoSuchBucket"
-    return False, reason, f"{error.message} (error {int(error.code)})"
+    return Validation(False, reason, f"{error.message} (error {int(error.code)})")

@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 from voicevault.crds.recording import RecordingSpec, StorageSnapshot
 from voicevault.crds.voicestoragesetting import OBJECT_KEY_PLACEHOLDERS
 from voicevault.operator.settings import SettingView
+from voicevault.uploader.metadata import metadata_enabled, metadata_object_key
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z]+)\}")
 
@@ -53,6 +54,7 @@ def take_snapshot(
     key = render_object_key(storage.object_key_template, location.prefix, spec, sid)
     callback = setting.status_callback
     signing = callback.signing_key_ref if callback else None
+    metadata_key = metadata_object_key(key) if metadata_enabled(setting) else None
     return StorageSnapshot(
         setting_generation=view.generation,
         bucket_url=storage.bucket_url,
@@ -70,4 +72,6 @@ def take_snapshot(
         callback_url=recording_callback or (callback.url if callback else None),
         callback_signing_secret=signing.name if signing else None,
         callback_signing_key=signing.key if signing else None,
+        metadata_key=metadata_key,
+        metadata_url=location.object_url(metadata_key) if metadata_key else None,
     )

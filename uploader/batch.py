@@ -3,7 +3,10 @@
 Rules, in the seed's words and ours:
 - stored: write Completed, then delete the local media and its resume state. If
   Completed could not be written, keep both, so the next attempt records it without
-  uploading again (the platform keeps no copy once the outcome is recorded).
+  uploading again (the platform keeps no copy once the outcome is recorded). With a
+  metadata document, "stored" means the media and then its document (metadata_store);
+  a document that could not be written fails by the same rules below, and the status
+  shows the media URL with the metadata pending.
 - fatal: delete the media at once, write Failed.
 - transient: keep the media and the resume state; the operator applies the retry policy
   when it reads this pod's outcome.
@@ -31,6 +34,7 @@ from voicevault.uploader.media import (
     ownership_problem,
     resolve_media,
 )
+from voicevault.uploader.metadata_store import store_metadata
 from voicevault.uploader.recordingstatus import StatusReporter
 from voicevault.uploader.s3calls import abort_open_uploads
 from voicevault.uploader.state import StateStore
@@ -129,6 +133,14 @@ def _process(
         client = client_for(item)
         progress = _ItemProgress(item, reporter, settings.progress_interval, cancel)
         result = upload(client, request, store, settings.transfer, progress, cancel)
+        if item.metadata is not None:
+            try:
+                store_metadata(
+                    client, request, result, item.metadata, store, settings.transfer.part_attempts
+                )
+            except UploadError as failure:
+                reporter.metadata_pending(item, result, failure)
+                return _report_failure(item, _metadata_error(failure), reporter, path, store, ctx)
     except MediaPathError as exc:
         # not ours to delete: the path leads outside the namespace's folder, or is no file
         error = fatal(ErrorCode.UPLOAD_FAILED, f"invalid media path: {exc}")
@@ -181,6 +193,17 @@ def _request(item: BatchItem, path: Path) -> UploadRequest:
         content_type=content_type_for(path.suffix, encrypted=encryption is not None),
         encryption=encryption,
         state_name=item.sid,
+        with_metadata=item.metadata is not None,
+    )
+
+
+def _metadata_error(error: UploadError) -> UploadError:
+    """The same failure, saying that only the metadata document is missing."""
+    return UploadError(
+        error.error_class,
+        error.code,
+        f"media stored; metadata document not stored: {error.message}",
+        error.s3_code,
     )
 
 

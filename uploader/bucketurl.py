@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
-__all__ = ["DEFAULT_REGION", "BucketLocation", "BucketUrlError", "parse_bucket_url"]
+__all__ = [
+    "DEFAULT_REGION",
+    "BucketLocation",
+    "BucketUrlError",
+    "is_aws_region",
+    "parse_bucket_url",
+    "region_mismatch",
+]
 
 DEFAULT_REGION = "us-east-1"
 
@@ -53,6 +60,10 @@ class BucketLocation:
     style: Style
     endpoint_url: str | None
     base_url: str
+    # the region the customer named (in the URL or the override); None: `region` is the
+    # default, and the bucket's own region may differ (the operator finds it). Where the
+    # bucket is does not depend on it, so it takes no part in equality.
+    named_region: str | None = field(default=None, compare=False)
 
     def object_key(self, account_sid: str, recording_sid: str, extension: str) -> str:
         """Key of one recording: grouping by account keeps a shared bucket tidy."""
@@ -203,7 +214,8 @@ def _parse_aws(
             f"or s3.REGION{suffix}/BUCKET"
         )
     bucket = _check_bucket(bucket, style)
-    resolved = _resolve_region(match["region"].lower() if match["region"] else None, region, suffix)
+    in_url = match["region"].lower() if match["region"] else None
+    resolved = _resolve_region(in_url, region, suffix)
     return BucketLocation(
         bucket=bucket,
         region=resolved,
@@ -211,6 +223,7 @@ def _parse_aws(
         style=style,
         endpoint_url=endpoint.url if endpoint else None,
         base_url=base_url,
+        named_region=in_url or region,
     )
 
 
@@ -250,7 +263,25 @@ def _parse_on_endpoint(
         style=style,
         endpoint_url=endpoint.url,
         base_url=base_url,
+        named_region=region,
     )
+
+
+def region_mismatch(location: BucketLocation, answered: str) -> str | None:
+    """Why a setting naming one region cannot use a bucket that answers from another."""
+    named = location.named_region
+    if named is None or named == answered:
+        return None
+    return (
+        f"bucket {location.bucket!r} is in region {answered!r}, but the setting names region "
+        f"{named!r} (in bucketUrl or spec.externalStorage.region): name {answered!r} or no "
+        "region at all"
+    )
+
+
+def is_aws_region(text: str) -> bool:
+    """Whether `text` is shaped like an AWS region code (`eu-west-1`, `us-gov-west-1`)."""
+    return _REGION_RE.fullmatch(text) is not None
 
 
 def _path_bucket(segments: list[str]) -> tuple[str, list[str]]:

@@ -76,6 +76,11 @@ def _details(text: str) -> envelope.EncryptionDetails:
         ) from None
     if not isinstance(data, dict):
         raise UsageError("--details must be a JSON object")
+    if "encryption_details" in data and "media" in data:
+        # a whole metadata document (<object key>.json)
+        if not isinstance(data["encryption_details"], dict):
+            raise UsageError("the metadata document says the object is not encrypted")
+        data = data["encryption_details"]
     try:
         return envelope.EncryptionDetails.from_mapping(data)
     except envelope.DecryptionError as exc:

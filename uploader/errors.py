@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -24,6 +26,7 @@ from botocore.exceptions import (
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 from voicevault.contract import ErrorClass, ErrorCode
+from voicevault.uploader.bucketurl import is_aws_region
 from voicevault.uploader.envelope import InvalidPublicKey
 
 
@@ -79,10 +82,12 @@ _S3_CODES: dict[str, tuple[ErrorClass, ErrorCode]] = {
     "InvalidSecurity": (ErrorClass.FATAL, ErrorCode.ACCESS_DENIED),
     "NoSuchBucket": (ErrorClass.FATAL, ErrorCode.UPLOAD_FAILED),
     "InvalidBucketName": (ErrorClass.FATAL, ErrorCode.UPLOAD_FAILED),
-    "PermanentRedirect": (ErrorClass.FATAL, ErrorCode.UPLOAD_FAILED),
-    "AuthorizationHeaderMalformed": (ErrorClass.FATAL, ErrorCode.UPLOAD_FAILED),
     "EntityTooLarge": (ErrorClass.FATAL, ErrorCode.UPLOAD_FAILED),
     # transient: the service, the network or the clock, not the configuration
+    # a region hint the S3 client could not follow: the media is kept, the setting's
+    # validation finds the region (or goes Ready=False with RegionUnknown)
+    "PermanentRedirect": (ErrorClass.TRANSIENT, ErrorCode.UPLOAD_FAILED),
+    "AuthorizationHeaderMalformed": (ErrorClass.TRANSIENT, ErrorCode.UPLOAD_FAILED),
     "SlowDown": (ErrorClass.TRANSIENT, ErrorCode.UPLOAD_FAILED),
     "Throttling": (ErrorClass.TRANSIENT, ErrorCode.UPLOAD_FAILED),
     "ThrottlingException": (ErrorClass.TRANSIENT, ErrorCode.UPLOAD_FAILED),
@@ -102,6 +107,10 @@ _S3_CODES: dict[str, tuple[ErrorClass, ErrorCode]] = {
     "IncompleteBody": (ErrorClass.TRANSIENT, ErrorCode.UPLOAD_FAILED),
 }
 
+# Codes by which S3 says the request went to (or was signed for) another region than the
+# bucket's; botocore's region redirector follows them when they name the region.
+REGION_HINT_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed"})
+
 # Codes whose meaning is "this one request was corrupted in flight": re-send it at once.
 CHECKSUM_MISMATCH_CODES = frozenset({"BadDigest", "XAmzContentChecksumMismatch", "InvalidDigest"})
 
@@ -118,6 +127,22 @@ _EXPLANATIONS: dict[str, str] = {
 def s3_error_code(exc: ClientError) -> str:
     """The S3 error code of a ClientError ('' if the response had none)."""
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def region_hint(response: Mapping[str, Any]) -> str | None:
+    """The bucket's region as a wrong-region answer names it, if it does.
+
+    `response` is botocore's parsed response (`ClientError.response`): the
+    `x-amz-bucket-region` header first, then the error XML's `<Region>`. Anything that is
+    not a region code counts as no hint.
+    """
+    metadata = response.get("ResponseMetadata") or {}
+    headers = metadata.get("HTTPHeaders") or {}
+    error = response.get("Error") or {}
+    for candidate in (headers.get("x-amz-bucket-region"), error.get("Region")):
+        if isinstance(candidate, str) and is_aws_region(candidate.strip()):
+            return candidate.strip()
+    return None
 
 
 def classify(exc: BaseException, operation: str = "upload") -> UploadError:
@@ -157,6 +182,13 @@ def _classify_client_error(exc: ClientError, operation: str) -> UploadError:
             else (ErrorClass.FATAL, ErrorCode.UPLOAD_FAILED)
         )
     explanation = _EXPLANATIONS.get(code, "")
+    if code in REGION_HINT_CODES:
+        hinted = region_hint(exc.response)
+        explanation = (
+            f"the bucket is in region {hinted!r}, not in the one the request was signed for"
+            if hinted
+            else "the bucket is in another region and did not say which"
+        )
     shown = code or f"HTTP {status}"
     detail = f"{shown} ({status})" if status else shown
     message = f"{operation}: {detail}" + (f": {explanation}" if explanation else "")

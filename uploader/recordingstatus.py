@@ -36,6 +36,10 @@ class StatusReporter(Protocol):
 
     def failed(self, item: BatchItem, error: UploadError, media_deleted: bool) -> bool: ...
 
+    def metadata_pending(self, item: BatchItem, result: UploadResult, error: UploadError) -> bool:
+        """The media is stored but its metadata document is not (yet)."""
+        ...
+
 
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -49,6 +53,7 @@ def completed_patch(result: UploadResult, status: dict[str, Any], at: str) -> di
         stored=result.size,
         source_size=result.source_size,
         encryption=result.encryption.to_status() if result.encryption else None,
+        metadata_url=result.metadata_url,
         at=at,
     )
 
@@ -63,6 +68,23 @@ def failed_patch(
         error_class=error.error_class.value,
         message=error.message,
         media_deleted=media_deleted,
+        at=at,
+    )
+
+
+def metadata_pending_patch(
+    result: UploadResult, error: UploadError, url: str, status: dict[str, Any], at: str
+) -> dict[str, Any] | None:
+    """`phases.metadata_pending` for a stored media whose metadata document is not."""
+    return phases.metadata_pending(
+        status,
+        media_url=result.media_url,
+        source_size=result.source_size,
+        encryption=result.encryption.to_status() if result.encryption else None,
+        metadata_url=url,
+        fatal=error.fatal,
+        code=int(error.code),
+        message=error.message,
         at=at,
     )
 
@@ -94,6 +116,10 @@ class KubeStatusReporter:
         return self._write(
             item, lambda s: failed_patch(error, s, now_iso(), media_deleted=media_deleted)
         )
+
+    def metadata_pending(self, item: BatchItem, result: UploadResult, error: UploadError) -> bool:
+        url = item.metadata.url if item.metadata else ""
+        return self._write(item, lambda s: metadata_pending_patch(result, error, url, s, now_iso()))
 
     def _write(self, item: BatchItem, mutate: Mutation, *, retry: bool = True) -> bool:
         """Apply `mutate` to the status; False if not ours any more or the API stayed away."""

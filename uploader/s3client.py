@@ -76,6 +76,24 @@ def make_client(
     return client
 
 
+class AnsweredRegion:
+    """The region an S3 client signed its last successful request for.
+
+    botocore's region redirector follows a wrong-region answer that names the bucket's
+    region and signs the retry for it; this reads the region it settled on, so the
+    operator can remember it for the setting instead of being redirected on every request.
+    """
+
+    def __init__(self, client: S3Client) -> None:
+        self.region: str | None = None
+        client.meta.events.register("after-call.s3", self._answered)
+
+    def _answered(self, http_response: Any, context: dict[str, Any], **_: Any) -> None:
+        if getattr(http_response, "status_code", 500) < 300:
+            region = (context.get("signing") or {}).get("region")
+            self.region = str(region) if region else self.region
+
+
 _SESSION_LOCK = threading.Lock()
 
 

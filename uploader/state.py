@@ -53,6 +53,19 @@ class EncryptionState:
 
 
 @dataclass
+class MetadataState:
+    """The metadata document of a stored object, kept until it is in the bucket too.
+
+    Built once and saved before its PutObject, so a run that resumes after a crash sends
+    exactly these bytes, and a document already stored is not sent again.
+    """
+
+    key: str
+    document: str
+    stored: bool = False
+
+
+@dataclass
 class UploadState:
     bucket: str
     key: str
@@ -63,6 +76,9 @@ class UploadState:
     upload_id: str | None = None
     encryption: EncryptionState | None = None
     media_url: str | None = None
+    # hex SHA-256 of the object's bytes, saved before completing (metadata documents only)
+    sha256: str | None = None
+    metadata: MetadataState | None = None
     version: int = STATE_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -81,6 +97,7 @@ class UploadState:
     def from_json(cls, text: str) -> UploadState:
         raw = json.loads(text)
         enc = raw.get("encryption")
+        meta = raw.get("metadata")
         return cls(
             bucket=raw["bucket"],
             key=raw["key"],
@@ -91,6 +108,8 @@ class UploadState:
             upload_id=raw.get("upload_id"),
             encryption=EncryptionState(**enc) if enc else None,
             media_url=raw.get("media_url"),
+            sha256=raw.get("sha256"),
+            metadata=MetadataState(**meta) if meta else None,
             version=int(raw.get("version", 0)),
             extra=dict(raw.get("extra", {})),
         )

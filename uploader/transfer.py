@@ -96,6 +96,16 @@ class UploadRequest:
     state_name: str = ""
     # how messages name the media: its path relative to the account's folder
     media_name: str = ""
+    # a metadata document follows the media: compute the object's SHA-256 while sending,
+    # and leave a completed resume state (single PUTs too) for that second step
+    with_metadata: bool = False
+
+    @property
+    def upload_name(self) -> str:
+        """Name of the resume state file."""
+        if self.state_name:
+            return self.state_name
+        return hashlib.sha256(f"{self.location.bucket}/{self.key}".encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -109,13 +119,19 @@ class UploadResult:
     parts_skipped: int = 0
     parts_resent: int = 0
     resumed: bool = False
+    sha256: str | None = None  # hex, of the stored bytes (with_metadata only)
+    content_type: str = ""
+    metadata_url: str | None = None  # set once the metadata document is stored too
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "mediaUrl": self.media_url,
             "bytes": self.size,
             "encryptionDetails": self.encryption.to_status() if self.encryption else None,
         }
+        if self.metadata_url:
+            out |= {"metadataUrl": self.metadata_url, "sha256": self.sha256}
+        return out
 
 
 @dataclass
@@ -148,9 +164,19 @@ def upload(
         raise _missing(request) from None
     except OSError as exc:
         raise classify(exc, "reading media") from None
+    if request.with_metadata:
+        saved = store.load(request.upload_name)
+        if (
+            saved is not None
+            and saved.phase is StatePhase.COMPLETED
+            and _resumable(saved, request, fingerprint)
+        ):
+            # stored before a crash; only the metadata document may be missing
+            _keep_digest(request, saved, store)
+            return _result_from_state(saved, request, _Counters(), resumed=True)
     size = object_size(fingerprint.size, request.encryption is not None)
     if size <= config.multipart_threshold:
-        return _single_put(client, request, fingerprint, progress, config.part_attempts)
+        return _single_put(client, request, store, fingerprint, progress, config.part_attempts)
     return _Multipart(client, request, store, config, progress, cancel, fingerprint).run()
 
 
@@ -179,6 +205,67 @@ def _seal(encryption: EncryptionKey) -> tuple[envelope.ContentKey, envelope.Encr
 
 def _sha256_b64(data: memoryview | bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+
+
+def _resumable(saved: UploadState, request: UploadRequest, fingerprint: SourceFingerprint) -> bool:
+    """Whether a saved state belongs to this request: same object, media and key SID."""
+    wanted = request.encryption
+    return (
+        saved.matches(request.location.bucket, request.key, fingerprint)
+        and (saved.encryption is not None) == (wanted is not None)
+        and (
+            saved.encryption is None
+            or wanted is None
+            or saved.encryption.public_key_sid == wanted.sid
+        )
+    )
+
+
+def _result_from_state(
+    state: UploadState, request: UploadRequest, counters: _Counters, *, resumed: bool
+) -> UploadResult:
+    enc = state.encryption
+    details = (
+        envelope.EncryptionDetails(
+            public_key_sid=enc.public_key_sid, encrypted_cek=enc.encrypted_cek, iv=enc.iv
+        )
+        if enc
+        else None
+    )
+    return UploadResult(
+        media_url=state.media_url or request.location.object_url(request.key),
+        key=request.key,
+        size=state.object_size,
+        source_size=state.source.size,
+        encryption=details,
+        parts_sent=counters.sent,
+        parts_skipped=counters.skipped,
+        parts_resent=counters.resent,
+        resumed=resumed,
+        sha256=state.sha256,
+        content_type=request.content_type,
+    )
+
+
+def put_small_object(
+    client: S3Client, bucket: str, key: str, body: bytes, content_type: str, attempts: int
+) -> int:
+    """One PutObject of an in-memory body with its SHA-256; returns how often it was re-sent."""
+    view = memoryview(body)
+    _, resent = _send(
+        "PutObject",
+        lambda: client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=_Body(view),  # type: ignore[arg-type]
+            ContentType=content_type,
+            ChecksumSHA256=_sha256_b64(view),
+        ),
+        attempts,
+        key,
+        1,
+    )
+    return resent
 
 
 def _send(
@@ -210,6 +297,7 @@ def _send(
 def _single_put(
     client: S3Client,
     request: UploadRequest,
+    store: StateStore,
     fingerprint: SourceFingerprint,
     progress: Progress,
     attempts: int,
@@ -225,7 +313,8 @@ def _single_put(
             raise transient("media file changed while reading") from None
         except OSError as exc:
             raise classify(exc, "reading media") from None
-    checksum = _sha256_b64(body)
+    digest = hashlib.sha256(body).digest()
+    checksum = base64.b64encode(digest).decode("ascii")
     _, resent = _send(
         "PutObject",
         lambda: client.put_object(
@@ -240,7 +329,7 @@ def _single_put(
         1,
     )
     progress.advance(size)
-    return UploadResult(
+    result = UploadResult(
         media_url=request.location.object_url(request.key),
         key=request.key,
         size=size,
@@ -248,6 +337,38 @@ def _single_put(
         encryption=details,
         parts_sent=1,
         parts_resent=resent,
+        sha256=digest.hex() if request.with_metadata else None,
+        content_type=request.content_type,
+    )
+    if request.with_metadata:
+        # the metadata step resumes from this without sending the media again
+        store.save(request.upload_name, _completed_single_put(request, fingerprint, result))
+    return result
+
+
+def _completed_single_put(
+    request: UploadRequest, fingerprint: SourceFingerprint, result: UploadResult
+) -> UploadState:
+    """The state of a stored single-PUT object; the content key is not kept (no resume
+    of the media needs it any more)."""
+    details = result.encryption
+    return UploadState(
+        bucket=request.location.bucket,
+        key=request.key,
+        source=fingerprint,
+        part_size=result.size,
+        object_size=result.size,
+        phase=StatePhase.COMPLETED,
+        encryption=EncryptionState(
+            content_key="",
+            iv=details.iv,
+            public_key_sid=details.public_key_sid,
+            encrypted_cek=details.encrypted_cek,
+        )
+        if details
+        else None,
+        media_url=result.media_url,
+        sha256=result.sha256,
     )
 
 
@@ -280,11 +401,9 @@ class _Multipart:
         self.progress = progress
         self.cancel = cancel
         self.fingerprint = fingerprint
-        self.state_name = (
-            request.state_name
-            or hashlib.sha256(f"{self.bucket}/{self.key}".encode()).hexdigest()[:32]
-        )
+        self.state_name = request.upload_name
         self.counters = _Counters()
+        self.digest = hashlib.sha256() if request.with_metadata else None
 
     # -- orchestration -------------------------------------------------------------------
 
@@ -317,47 +436,23 @@ class _Multipart:
             stored = self._list_parts(state.upload_id)
         parts = self._send_parts(state, stored)
         state.phase = StatePhase.COMPLETING
+        if self.digest is not None:
+            state.sha256 = self.digest.hexdigest()
         self.store.save(self.state_name, state)
         self._complete(state.upload_id, parts)
         return self._finished(state, resumed=resumed or bool(stored))
 
     def _finished(self, state: UploadState, *, resumed: bool) -> UploadResult:
+        _keep_digest(self.request, state, None)
         state.phase = StatePhase.COMPLETED
         state.media_url = self.request.location.object_url(self.key)
         self.store.save(self.state_name, state)
-        enc = state.encryption
-        details = (
-            envelope.EncryptionDetails(
-                public_key_sid=enc.public_key_sid, encrypted_cek=enc.encrypted_cek, iv=enc.iv
-            )
-            if enc
-            else None
-        )
-        return UploadResult(
-            media_url=state.media_url,
-            key=self.key,
-            size=state.object_size,
-            source_size=state.source.size,
-            encryption=details,
-            parts_sent=self.counters.sent,
-            parts_skipped=self.counters.skipped,
-            parts_resent=self.counters.resent,
-            resumed=resumed,
-        )
+        return _result_from_state(state, self.request, self.counters, resumed=resumed)
 
     def _load_or_create_state(self) -> tuple[UploadState, bool]:
         saved = self.store.load(self.state_name)
         wants_encryption = self.request.encryption is not None
-        if (
-            saved is not None
-            and saved.matches(self.bucket, self.key, self.fingerprint)
-            and (saved.encryption is not None) == wants_encryption
-            and (
-                saved.encryption is None
-                or self.request.encryption is None
-                or saved.encryption.public_key_sid == self.request.encryption.sid
-            )
-        ):
+        if saved is not None and _resumable(saved, self.request, self.fingerprint):
             return saved, True
         if saved is not None and saved.upload_id:
             # the media or the settings changed: the old parts are of no use
@@ -486,6 +581,8 @@ class _Multipart:
                         pool.put(buffer)
                         raise classify(exc, "reading media") from None
                     checksum = _sha256_b64(body)
+                    if self.digest is not None:
+                        self.digest.update(body)  # parts are read in order, resumed or not
                     previous = stored.get(number)
                     if previous is not None and _same_part(previous, body, checksum):
                         completed[number] = _part_entry(number, previous.etag, checksum)
@@ -599,6 +696,35 @@ def _content_key(state: EncryptionState | None) -> envelope.ContentKey | None:
     return envelope.ContentKey(
         key=base64.b64decode(state.content_key), iv=base64.b64decode(state.iv)
     )
+
+
+def _keep_digest(request: UploadRequest, state: UploadState, store: StateStore | None) -> None:
+    """A state completed by a run that kept no digest (metadata was not asked for then):
+    hash the same object bytes again from the media and the saved content key."""
+    if not request.with_metadata or state.sha256 is not None:
+        return
+    state.sha256 = _rehash(request, state)
+    if store is not None:
+        store.save(request.upload_name, state)
+
+
+def _rehash(request: UploadRequest, state: UploadState) -> str:
+    """The object's SHA-256, re-created from the media with one bounded buffer."""
+    buffer = bytearray(MIB + BUFFER_SLACK)
+    digest = hashlib.sha256()
+    with _open_media(request) as media:
+        reader = ObjectReader(media, state.source.size, _content_key(state.encryption))
+        left = state.object_size
+        try:
+            while left:
+                chunk = reader.read_into(buffer, min(MIB, left))
+                digest.update(chunk)
+                left -= len(chunk)
+        except SourceChangedError:
+            raise transient("media file changed while hashing it") from None
+        except OSError as exc:
+            raise classify(exc, "reading media") from None
+    return digest.hexdigest()
 
 
 def _reap(pending: set[Future[None]]) -> None:

@@ -12,12 +12,17 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from voicevault.contract import ErrorClass, ErrorCode
 from voicevault.uploader import envelope
 from voicevault.uploader.bucketurl import BucketUrlError, parse_bucket_url
 from voicevault.uploader.errors import UploadError, fatal
 from voicevault.uploader.media import content_type_for
+from voicevault.uploader.metadata import MetadataTarget, RecordingFacts, metadata_object_key
+from voicevault.uploader.metadata_store import store_metadata
 from voicevault.uploader.progress import for_stream
 from voicevault.uploader.s3client import AwsKeys, ClientSettings, make_client
 from voicevault.uploader.state import StateStore
@@ -62,6 +67,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=60.0, metavar="SECONDS", help="read timeout (default 60)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    meta = parser.add_argument_group(
+        "metadata document",
+        "With --metadata, KEY.json is written beside the object once it is stored (the "
+        "recording's SIDs, source, channels, track, start time, duration, the object's size "
+        "and SHA-256, encryption details). Needs --account-sid and --recording-sid.",
+    )
+    meta.add_argument("--metadata", action="store_true", help="write the metadata document")
+    meta.add_argument("--call-sid", metavar="CA...", help="the call recorded")
+    meta.add_argument("--conference-sid", metavar="CF...", help="the conference recorded")
+    meta.add_argument("--source", help="what started the recording (e.g. DialVerb)")
+    meta.add_argument("--channels", type=int, default=1, help="1 or 2 (default 1)")
+    meta.add_argument("--track", default="both", help="inbound, outbound or both (default)")
+    meta.add_argument("--start-time", metavar="RFC3339", help="e.g. 2026-11-02T14:03:00Z")
+    meta.add_argument("--duration", type=int, metavar="SECONDS", help="length of the recording")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         request, keys, config = _prepare(args)
+        target = _metadata_target(args, request)
     except UsageError as exc:
         print(f"voicevault upload: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -81,9 +101,11 @@ def run(args: argparse.Namespace) -> int:
     client = make_client(request.location, keys, ClientSettings(read_timeout=args.timeout))
     try:
         result = upload(client, request, store, config, progress=for_stream(sys.stderr))
+        if target is not None:
+            store_metadata(client, request, result, target, store)
     except UploadError as exc:
         return _report_failure(exc)
-    store.wipe(request.state_name)
+    store.wipe(request.upload_name)
     if args.delete_source:
         request.source.unlink(missing_ok=True)
     print(json.dumps(result.to_json()))
@@ -137,9 +159,52 @@ def _prepare(args: argparse.Namespace) -> tuple[UploadRequest, AwsKeys, Transfer
         content_type=content_type_for(extension, encrypted=encryption is not None),
         encryption=encryption,
         state_name=args.recording_sid or "",
+        with_metadata=args.metadata,
     )
     config = TransferConfig(part_size=args.part_size * MIB, concurrency=args.concurrency)
     return request, keys, config
+
+
+def _metadata_target(args: argparse.Namespace, request: UploadRequest) -> MetadataTarget | None:
+    if not args.metadata:
+        given = [f for f in _METADATA_FLAGS if getattr(args, f) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UsageError(f"{flag} is part of the metadata document: add --metadata")
+        return None
+    if not args.account_sid:
+        raise UsageError("--metadata needs --account-sid and --recording-sid")
+    missing = [f for f in ("source", "start_time", "duration") if getattr(args, f) is None]
+    if missing:
+        raise UsageError(
+            "--metadata needs " + ", ".join("--" + f.replace("_", "-") for f in missing)
+        )
+    if not args.call_sid and not args.conference_sid:
+        raise UsageError("--metadata needs --call-sid or --conference-sid")
+    fields: dict[str, Any] = {
+        "account_sid": args.account_sid,
+        "recording_sid": args.recording_sid,
+        "call_sid": args.call_sid,
+        "conference_sid": args.conference_sid,
+        "source": args.source,
+        "channels": args.channels,
+        "track": args.track,
+        "start_time": args.start_time,
+        "duration": args.duration,
+    }
+    try:
+        facts = RecordingFacts.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        raise UsageError(f"{flag}: {first['msg']}") from None
+    if facts.start_time.tzinfo is None:
+        raise UsageError("--start-time needs a time zone (e.g. 2026-11-02T14:03:00Z)")
+    key = metadata_object_key(request.key)
+    return MetadataTarget(key=key, url=request.location.object_url(key), recording=facts)
+
+
+_METADATA_FLAGS = ("call_sid", "conference_sid", "source", "start_time", "duration")
 
 
 def _encryption_key(pem_file: Path | None, sid: str | None) -> EncryptionKey | None:

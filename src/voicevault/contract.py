@@ -21,6 +21,8 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from voicevault.uploader.metadata import MetadataTarget
+
 BATCH_FILE = "batch.json"
 SPEC_VERSION = 1
 # the kubelet keeps at most 4096 bytes of a termination message
@@ -50,6 +52,7 @@ class BatchItem(_Wire):
     public_key_sid: str | None = None
     credential: str  # file name of the credential in the batch Secret
     credential_name: str = ""  # the AwsCredential it came from (for a restarted operator)
+    metadata: MetadataTarget | None = None  # write the metadata document beside the media
 
 
 class BatchSpec(_Wire):

@@ -5,7 +5,8 @@ Who writes a Recording's status, and with which function here:
     first sight          accepted, invalid_spec, kept_local,
                          waiting_for_setting, cached_for_setting   (operator, reconcile)
     queued -> pod        scheduled                                 (operator, scheduler)
-    in the pod           uploading, completed, failed              (uploader pod)
+    in the pod           uploading, completed, metadata_pending,
+                         failed                                    (uploader pod)
     after the pod        after_attempt, failed_before_pod          (operator, scheduler)
     pod gone             pod_lost                                  (operator)
     finished             settlement, callback_recorded             (operator)
@@ -21,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 from pydantic import ValidationError
@@ -44,6 +45,7 @@ TERMINAL = (Phase.COMPLETED.value, Phase.FAILED.value)
 SENDING = "Sending"  # CallbackDelivered=Unknown: claimed, the callback is on its way
 UNSTARTED = "the uploader pod ended without a result"
 MAX_ERROR_MESSAGE = 1024
+METADATA_CONDITION = "MetadataStored"
 
 
 @dataclass(frozen=True)
@@ -263,17 +265,34 @@ def completed(
     source_size: int,
     encryption: dict[str, str] | None,
     at: str,
+    metadata_url: str | None = None,
 ) -> dict[str, Any] | None:
-    """Completed. None when the status already says so: a write whose answer was lost and
-    that is retried must not write the outcome a second time (with a new completionTime)."""
+    """Completed (with its metadata document beside it when `metadata_url`). None when the
+    status already says so: a write whose answer was lost and that is retried must not
+    write the outcome a second time (with a new completionTime)."""
     if status.get("phase") in TERMINAL:
         return None
     upload = dict(status.get("upload") or {})
     upload.update({"bytesSent": stored, "bytesTotal": stored})
-    return {
+    extra: dict[str, Any] = {}
+    if metadata_url:
+        done = condition(
+            METADATA_CONDITION,
+            True,
+            "MetadataStored",
+            f"metadata document stored at {metadata_url}",
+            _at(at),
+        )
+        extra = {
+            "metadataUrl": metadata_url,
+            "conditions": merge_conditions(status.get("conditions") or [], [done]),
+        }
+    return extra | {
         "phase": Phase.COMPLETED.value,
         "reason": None,
-        "message": "Stored in the bucket; local media deleted",
+        "message": "Stored in the bucket"
+        + (" with its metadata document" if metadata_url else "")
+        + "; local media deleted",
         "mediaUrl": media_url,
         "size": source_size,
         "encryptionDetails": encryption,
@@ -309,6 +328,40 @@ def failed(
         "lastFailureTime": at,
         "nextRetryTime": None,
     }
+
+
+def metadata_pending(
+    status: dict[str, Any],
+    *,
+    media_url: str,
+    source_size: int,
+    encryption: dict[str, str] | None,
+    metadata_url: str,
+    fatal: bool,
+    code: int,
+    message: str,
+    at: str,
+) -> dict[str, Any] | None:
+    """The media is stored, its metadata document is not (yet): the media URL, and a
+    MetadataStored=False condition saying why. The phase stays the pod's to decide."""
+    if status.get("phase") in TERMINAL:
+        return None
+    if fatal:
+        reason, then = "MetadataFailed", "not retried"
+    else:
+        reason, then = "MetadataPending", "written on the next attempt"
+    text = f"metadata document {metadata_url} not stored ({then}): error {code}: {message}"
+    pending = condition(METADATA_CONDITION, False, reason, text[:MAX_ERROR_MESSAGE], _at(at))
+    return {
+        "mediaUrl": media_url,
+        "size": source_size,
+        "encryptionDetails": encryption,
+        "conditions": merge_conditions(status.get("conditions") or [], [pending]),
+    }
+
+
+def _at(at: str) -> datetime:
+    return parse_time(at) or datetime.now(UTC)
 
 
 # -- after the pod -----------------------------------------------------------------------------

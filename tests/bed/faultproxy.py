@@ -22,7 +22,15 @@ Design notes:
   ``Connection: close``, and then discards what the client still sends until it closes
   (a "lingering close", so the response is not lost to a TCP reset).
 * Operation names in :meth:`FaultProxy.stats` assume path-style addressing
-  (``/bucket/key``), which the tests use.
+  (``/bucket/key``), except for requests to AWS virtual-host names, whose bucket is read
+  from the ``Host`` header.
+* AWS mode (``tls`` given): the proxy is also an HTTPS forward proxy. A client with
+  ``HTTPS_PROXY`` pointing at it sends ``CONNECT bucket.s3.amazonaws.com:443``; the
+  proxy answers, then speaks TLS with a certificate for the AWS names (signed by the
+  test's CA) and serves the tunnelled requests like any other. The client never resolves
+  an AWS name and no packet leaves loopback. With ``bucket_regions``, a request signed for
+  or sent to another region than its bucket's is answered as S3 answers it
+  (:class:`AwsRegions`), so botocore's real region redirector runs.
 """
 
 from __future__ import annotations
@@ -38,12 +46,13 @@ import logging
 import re
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -51,6 +60,7 @@ from typing import Any, Literal, Self, TypeAlias, TypeVar
 
 __all__ = [
     "Action",
+    "AwsRegions",
     "Blackhole",
     "CorruptRequestByte",
     "Delay",
@@ -93,11 +103,17 @@ _HOP_BY_HOP = frozenset(
 
 @dataclass(frozen=True)
 class Respond:
-    """Answer with an S3-style XML error instead of forwarding the request."""
+    """Answer with an S3-style XML error instead of forwarding the request.
+
+    ``elements``: more XML elements after the message (``("Region", "eu-west-1")``);
+    ``headers``: more response headers.
+    """
 
     status: int = 503
     code: str = "SlowDown"
     message: str = "Please reduce your request rate."
+    elements: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +195,106 @@ class Rule:
         if self.path_regex is not None and re.search(self.path_regex, path) is None:
             return False
         return self.query_contains is None or self.query_contains in query
+
+
+# --------------------------------------------------------------------------- AWS regions
+
+_AWS_HOST_RE = re.compile(
+    r"(?:(?P<bucket>[a-z0-9][a-z0-9.-]*)\.)?s3(?:[.-](?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]+))?"
+    r"\.amazonaws\.com(?::443)?",
+    re.IGNORECASE,
+)
+_SCOPE_RE = re.compile(r"Credential=[^/,]+/[0-9]{8}/(?P<region>[^/,]+)/s3/aws4_request")
+_REDIRECT_MESSAGE = (
+    "The bucket you are attempting to access must be addressed using the specified "
+    "endpoint. Please send all future requests to this endpoint."
+)
+
+
+@dataclass(frozen=True)
+class AwsRegions:
+    """Where each bucket lives, for answering wrong-region requests as S3 does.
+
+    * sent to a regional endpoint of another region (``bucket.s3.us-west-2...``):
+      ``301 PermanentRedirect``, the ``x-amz-bucket-region`` header and the bucket's
+      endpoint in the error XML;
+    * sent to the bucket's own or the global endpoint but signed for another region:
+      ``400 AuthorizationHeaderMalformed``, the expected ``<Region>`` in the error XML.
+
+    ``hints=False`` (or a bucket in ``without_hints``) models a wrong-region answer that
+    does not say where the bucket is: ``301 PermanentRedirect`` without the header,
+    ``<Region>`` or ``<Endpoint>``, and ``HEAD`` requests (botocore's fallback
+    ``HeadBucket``) go to the upstream, whose policy decides. Buckets not listed are
+    forwarded untouched. Both collections may grow while the proxy runs.
+    """
+
+    buckets: dict[str, str]
+    hints: bool = True
+    without_hints: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _AwsTarget:
+    bucket: str
+    endpoint_region: str | None  # None: the global endpoint
+    signing_region: str | None
+    path_style: bool
+
+
+def aws_target(host: str, path: str, authorization: str) -> _AwsTarget | None:
+    """The bucket and regions of a request to an AWS S3 host name, or ``None``."""
+    match = _AWS_HOST_RE.fullmatch(host)
+    if match is None:
+        return None
+    bucket = match["bucket"]
+    path_style = bucket is None
+    if path_style:
+        bucket = path.lstrip("/").partition("/")[0]
+        if not bucket:
+            return None
+    scope = _SCOPE_RE.search(authorization)
+    return _AwsTarget(
+        bucket=bucket.lower() if not path_style else bucket,
+        endpoint_region=match["region"].lower() if match["region"] else None,
+        signing_region=scope["region"] if scope else None,
+        path_style=path_style,
+    )
+
+
+def wrong_region_answer(regions: AwsRegions, target: _AwsTarget, method: str) -> Respond | None:
+    """S3's answer to a request that reached the wrong region, or ``None`` if it did not."""
+    home = regions.buckets.get(target.bucket)
+    if home is None:
+        return None
+    endpoint = target.endpoint_region
+    wrong_endpoint = endpoint is not None and endpoint != home
+    wrong_signature = target.signing_region not in (None, home)
+    if not wrong_endpoint and not wrong_signature:
+        return None
+    if not regions.hints or target.bucket in regions.without_hints:
+        if method == "HEAD":
+            return None  # botocore's HeadBucket fallback: the upstream's policy answers
+        return Respond(301, "PermanentRedirect", _REDIRECT_MESSAGE, (("Bucket", target.bucket),))
+    if wrong_endpoint:
+        host = f"s3.{home}.amazonaws.com"
+        return Respond(
+            301,
+            "PermanentRedirect",
+            _REDIRECT_MESSAGE,
+            (
+                ("Endpoint", host if target.path_style else f"{target.bucket}.{host}"),
+                ("Bucket", target.bucket),
+            ),
+            (("x-amz-bucket-region", home),),
+        )
+    return Respond(
+        400,
+        "AuthorizationHeaderMalformed",
+        f"The authorization header is malformed; the region '{target.signing_region}' is "
+        f"wrong; expecting '{home}'",
+        (("Region", home),),
+        (("x-amz-bucket-region", home),) if method == "HEAD" else (),
+    )
 
 
 # --------------------------------------------------------------------------- records
@@ -475,14 +591,23 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 
 def _error_response(
-    status: int, code: str, message: str, *, head_only: bool, close: bool
+    status: int,
+    code: str,
+    message: str,
+    *,
+    head_only: bool,
+    close: bool,
+    elements: Sequence[tuple[str, str]] = (),
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> tuple[bytes, bytes]:
-    """An S3-style XML error response as (head, body)."""
+    """An S3-style XML error response as (head, body); ``elements`` go after the
+    message (``<Region>``, ``<Endpoint>``...), ``extra_headers`` after the usual ones."""
     request_id = uuid.uuid4().hex[:16].upper()
+    extra = "".join(f"<{name}>{_xml_escape(value)}</{name}>" for name, value in elements)
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{_xml_escape(code)}</Code><Message>{_xml_escape(message)}</Message>"
-        f"<RequestId>{request_id}</RequestId><HostId>faultproxy</HostId></Error>"
+        f"{extra}<RequestId>{request_id}</RequestId><HostId>faultproxy</HostId></Error>"
     ).encode()
     try:
         reason = http.HTTPStatus(status).phrase
@@ -494,6 +619,7 @@ def _error_response(
         ("x-amz-request-id", request_id),
         ("Content-Type", "application/xml"),
         ("Content-Length", str(len(body))),
+        *extra_headers,
     ]
     if close:
         headers.append(("Connection", "close"))
@@ -558,9 +684,19 @@ class FaultProxy:
 
     ``start()`` serves on ``127.0.0.1`` (``port=0``: a free port, kept across
     ``pause()``/``resume()``) from a background thread; ``url`` is where boto3 should point.
+    ``tls``: also accept ``CONNECT`` and serve TLS inside it (AWS mode, with ``url`` as the
+    client's ``HTTPS_PROXY``); ``regions``: answer wrong-region requests as S3 does.
     """
 
-    def __init__(self, upstream: str, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+        regions: AwsRegions | None = None,
+    ) -> None:
         parts = urllib.parse.urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream must be an http:// URL, not {upstream!r}")
@@ -580,6 +716,9 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._tls = tls
+        self._regions = regions
+        self._tunnels: list[str] = []
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -710,9 +849,18 @@ class FaultProxy:
         with self._lock:
             return list(self._log)
 
-    def _begin(self, method: str, target: str) -> tuple[RequestRecord, Rule | None]:
+    @property
+    def tunnels(self) -> list[str]:
+        """The ``CONNECT`` authorities (``host:port``) clients asked for, oldest first."""
+        with self._lock:
+            return list(self._tunnels)
+
+    def _begin(
+        self, method: str, target: str, aws: _AwsTarget | None = None
+    ) -> tuple[RequestRecord, Rule | None]:
         path, _, query = target.partition("?")
-        operation = s3_operation(method, path, query)
+        named = f"/{aws.bucket}{path}" if aws is not None and not aws.path_style else path
+        operation = s3_operation(method, named, query)
         record = RequestRecord(method, path, query, operation)
         chosen: Rule | None = None
         with self._lock:
@@ -784,7 +932,15 @@ class FaultProxy:
             method, target, version = head.first_line.split(" ")
         except ValueError as exc:
             raise _ProtocolError(f"bad request line {head.first_line!r}") from exc
-        record, rule = self._begin(method, target)
+        if method.upper() == "CONNECT":
+            return await self._tunnel(reader, writer, target)
+        aws = aws_target(head.get("Host") or "", target, head.get("Authorization") or "")
+        record, rule = self._begin(method, target, aws)
+        if rule is None and aws is not None and self._regions is not None:
+            answer = wrong_region_answer(self._regions, aws, method.upper())
+            if answer is not None:
+                rule = Rule(action=answer)
+                record.fault = "WrongRegion"
         ex = _Exchange(
             head=head,
             method=method.upper(),
@@ -812,6 +968,21 @@ class FaultProxy:
             case _:
                 return await self._forward(reader, writer, upstream, ex, action)
 
+    async def _tunnel(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str
+    ) -> bool:
+        """Accept a ``CONNECT`` and speak TLS inside it (AWS mode only)."""
+        if self._tls is None:
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            return False
+        with self._lock:
+            self._tunnels.append(authority)
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        await writer.start_tls(self._tls)
+        return True
+
     async def _respond(
         self,
         reader: asyncio.StreamReader,
@@ -830,6 +1001,8 @@ class FaultProxy:
             action.message,
             head_only=ex.method == "HEAD",
             close=not keep,
+            elements=action.elements,
+            extra_headers=action.headers,
         )
         ex.record.status = action.status
         writer.write(head + body)

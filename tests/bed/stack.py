@@ -66,8 +66,10 @@ class OperatorProcess:
         relay: TcpProxy | None = None,
         *,
         webhook: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.env = dict(env or {})  # on top of the harness's, minus its AWS_* and KUBECONFIG
         self.workdir = workdir
         self.identity = identity  # in the leader Lease; stable across restarts, as a pod's
         self.relay = relay
@@ -153,6 +155,7 @@ class OperatorProcess:
     def _launch(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
         env.setdefault("MALLOC_ARENA_MAX", "2")  # as the image sets it (Dockerfile)
+        env.update(self.env)
         self.process = ManagedProcess(self.argv(), self.log_path, env=env, cwd=self.workdir)
         self.starts += 1
 
@@ -208,6 +211,7 @@ class Stack:
         operator_args: list[str] | None = None,
         *,
         webhook: bool = False,
+        operator_env: dict[str, str] | None = None,
     ) -> None:
         self.cp = control_plane
         self.s3 = s3
@@ -218,6 +222,7 @@ class Stack:
         self.custom = k8s.CustomObjectsApi(self.api)
         self.operator_args = operator_args
         self.webhook = webhook
+        self.operator_env = operator_env
         self.api_relay = TcpProxy(control_plane.port, port=free_port())
         self.operator = self._operator_process("operator-0", self.api_relay)
         self.standbys: list[tuple[OperatorProcess, TcpProxy]] = []
@@ -248,7 +253,13 @@ class Stack:
             server=f"https://127.0.0.1:{relay.port}",
         )
         return OperatorProcess(
-            kubeconfig, self.workdir, self.operator_args, identity, relay, webhook=self.webhook
+            kubeconfig,
+            self.workdir,
+            self.operator_args,
+            identity,
+            relay,
+            webhook=self.webhook,
+            env=self.operator_env,
         )
 
     def add_standby(self) -> OperatorProcess:
@@ -364,6 +375,7 @@ class Stack:
         secret_access_key: str | None = None,
         session_token: str | None = None,
         wait_ready: bool = True,
+        metadata: bool = False,
     ) -> Account:
         namespace = namespace or f"acct-{uuid.uuid4().hex[:8]}"
         self._ensure_namespace(namespace)
@@ -401,6 +413,7 @@ class Stack:
             callback_url=callback_url,
             signing_key=bool(signing_key),
             retry=retry,
+            metadata=metadata,
         )
         self.create(namespace, "voicestoragesettings", setting)
         account = Account(namespace, bucket, pair, callback_url, signing_key)
@@ -418,6 +431,7 @@ class Stack:
         callback_url: str | None = None,
         signing_key: bool = False,
         retry: dict[str, int] | None = None,
+        metadata: bool = False,
     ) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "externalStorage": {
@@ -431,6 +445,8 @@ class Stack:
         }
         if encrypted is not None:
             spec["encryption"] = {"publicKey": encrypted.public_pem.decode()}
+        if metadata:
+            spec["metadataObject"] = {"enabled": True}
         if callback_url:
             spec["statusCallback"] = {"url": callback_url}
             if signing_key:

@@ -49,6 +49,7 @@ class Reporter:
     failed: list[tuple[str, UploadError]] = field(default_factory=list)
     progressed: list[tuple[str, int, int]] = field(default_factory=list)  # name, sent, total
     media_deleted: list[bool] = field(default_factory=list)  # one per failed report
+    metadata_pending: list[tuple[str, UploadResult, UploadError]] = field(default_factory=list)
 
     def progress(self, item: BatchItem, sent: int, total: int) -> bool:
         self.progressed.append((item.name, sent, total))
@@ -76,6 +77,10 @@ class _Adapter:
 
     def failed(self, item: BatchItem, error: UploadError, media_deleted: bool) -> bool:
         return self.r.failed_(item, error, media_deleted)
+
+    def metadata_pending(self, item: BatchItem, result: UploadResult, error: UploadError) -> bool:
+        self.r.metadata_pending.append((item.name, result, error))
+        return self.r.accept
 
 
 def _item(

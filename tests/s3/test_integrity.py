@@ -157,6 +157,9 @@ def test_batch_outcome_counts_the_resent_part(minio_s3: S3Server, tmp_path: Path
         def failed(self, *_: object) -> bool:
             return True
 
+        def metadata_pending(self, *_: object) -> bool:
+            return True
+
     with FaultProxy(minio_s3.endpoint_url) as proxy:
         proxy.add_rule(Rule(action=CorruptRequestByte(offset=99), method="PUT", times=1))
         url = f"{proxy.url}/{account.bucket}/calls/"

@@ -16,7 +16,14 @@ import pytest
 
 from tests.bed.faultproxy import Blackhole, FaultProxy, Rule
 from tests.bed.s3_common import S3Account, S3Server
-from tests.support.cli import ACCOUNT_SID, aws_env, run, upload_args, voicevault_argv
+from tests.support.cli import (
+    ACCOUNT_SID,
+    aws_env,
+    endpoint_bucket_url,
+    run,
+    upload_args,
+    voicevault_argv,
+)
 from tests.support.keys import key_pair
 from voicevault.uploader import envelope
 from voicevault.uploader.state import StateStore
@@ -166,3 +173,31 @@ def test_changed_media_starts_over(
         .read()
     )
     assert stored == media.read_bytes()
+
+
+def test_the_state_of_an_upload_named_by_key_is_wiped_after_success(
+    s3_server: S3Server, s3_account: S3Account, tmp_path: Path
+) -> None:
+    """Without a recording SID the state file is named after bucket and key; it goes too."""
+    media = tmp_path / "x.wav"
+    media.write_bytes(os.urandom(17 * MIB))
+    state_dir = tmp_path / "state"
+    args = [
+        "upload",
+        str(media),
+        "--bucket-url",
+        endpoint_bucket_url(s3_account),
+        "--endpoint-url",
+        s3_account.endpoint_url,
+        "--region",
+        s3_account.region,
+        "--key",
+        "by-hand/x.wav",
+        "--state-dir",
+        str(state_dir),
+        "--part-size",
+        "5",
+    ]
+    proc = run(args, env=aws_env(s3_account))
+    assert proc.returncode == 0, proc.stderr
+    assert state_dir.is_dir() and not list(state_dir.glob("*.json")), "no state left behind"
