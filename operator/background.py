@@ -15,3 +15,7 @@ class Background:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        """The tasks still running."""
+        return [t for t in self._tasks if not t.done()]

@@ -32,6 +32,9 @@ from voicevault.operator.viewstore import ViewStore
 from voicevault.uploader.s3client import warm_up
 
 Clock = Callable[[], datetime]
+# A clean stop lets the work under way finish this long: within the pod's 30 s of
+# termination grace, 5 of which its preStop pause takes
+STOP_DRAIN_S = 15.0
 
 
 def utcnow() -> datetime:
@@ -74,11 +77,29 @@ class Controller:
             *(asyncio.create_task(self.events.run(), name=f"events-{i}") for i in range(POSTERS)),
         ]
 
-    async def stop(self) -> None:
-        self.scheduler.stop()
-        for task in self._tasks:
+    async def stop(self, drain: float = STOP_DRAIN_S) -> None:
+        """Take no new work, let the work under way finish (`drain` seconds at most), then
+        cancel what is left. A leader that stops cleanly releases its Lease after this.
+
+        Work cut off halfway is done again by the next leader, once more than needed: a
+        settlement whose callback is on its way is called back a second time, a batch
+        marked Scheduled before its pod exists becomes a second attempt.
+        """
+        self.scheduler.stop()  # its loop ends once the tick under way is done
+        finishing = [t for t in self._tasks if t.get_name() == "scheduler"]
+        posting = [t for t in self._tasks if t.get_name().startswith("events-")]
+        taking = [t for t in self._tasks if t not in finishing and t not in posting]
+        for task in taking:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*taking, return_exceptions=True)
+        # settlements (their callbacks included) and the other background work
+        under_way = [*finishing, *self.background.tasks()]
+        if under_way:
+            await asyncio.wait(under_way, timeout=drain)
+        left = [t for t in (*self._tasks, *self.background.tasks()) if not t.done()]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     async def resync_all(self) -> None:
         """Every recording that has something to decide, new ones included: on start, when

@@ -202,10 +202,10 @@ class ClusterStack(Stack):
         ]
         if not running:
             raise AssertionError(f"no running operator pod: {[p.status.phase for p in pods]}")
-        leader = self._lease_holder()
+        leader = self.lease_holder()
         return next((p for p in running if p.metadata.name == leader), running[0])
 
-    def _lease_holder(self) -> str | None:
+    def lease_holder(self) -> str | None:
         try:
             lease = k8s.CoordinationV1Api(self.api).read_namespaced_lease(
                 "voicevault-operator", RELEASE_NAMESPACE
@@ -219,6 +219,8 @@ class ClusterStack(Stack):
         update is over), and one of them holding the Lease: the one returned."""
 
         def ready() -> Any:
+            if not self._rolled_out():
+                return None
             pods = self.operator_pods()
             if not pods or any(p.metadata.deletion_timestamp for p in pods):
                 return None
@@ -226,10 +228,22 @@ class ClusterStack(Stack):
                 statuses = pod.status.container_statuses or []
                 if not statuses or not all(s.ready for s in statuses):
                     return None
-            leader = self._lease_holder()
+            leader = self.lease_holder()
             return next((p for p in pods if p.metadata.name == leader), None)
 
         return wait_for(ready, timeout=timeout, what="the operator rolled out and leading")
+
+    def _rolled_out(self) -> bool:
+        """The Deployment's controller has seen its spec and runs only pods of it: helm's
+        --wait returns once the new pods are Ready, when an old one may still be running."""
+        deployment: Any = self.apps.read_namespaced_deployment(RELEASE, RELEASE_NAMESPACE)
+        spec, status = deployment.spec, deployment.status
+        return bool(
+            (status.observed_generation or 0) >= (deployment.metadata.generation or 0)
+            and status.replicas == status.updated_replicas == spec.replicas
+            and (status.ready_replicas or 0) == spec.replicas
+            and len(self.operator_pods()) == spec.replicas
+        )
 
     def operator_metrics(self) -> str:
         pod = self.operator_pod()
