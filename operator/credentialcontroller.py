@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from voicevault.crds import awscredential
@@ -21,8 +22,27 @@ class CredentialController(Part):
     def __init__(self, shared: Shared, settings: SettingController) -> None:
         super().__init__(shared)
         self.settings = settings
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def on_credential(self, body: dict[str, Any], *, refresh_settings: bool = True) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        async with self._lock(key):
+            await self._apply(body, refresh_settings=refresh_settings)
+
+    async def _recheck(self, key: tuple[str, str]) -> None:
+        """Evaluate a credential again from the cache, which holds its body as last written:
+        starting from an older body, the evaluation would find no conditions and write them
+        again with new timestamps."""
+        async with self._lock(key):
+            body = self.store.credential_bodies.get(key)
+            if body is not None:
+                await self._apply(body, refresh_settings=True)
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        """One evaluation per credential at a time (its own event, or a Secret's)."""
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def _apply(self, body: dict[str, Any], *, refresh_settings: bool) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         key = (namespace, name)
@@ -47,9 +67,11 @@ class CredentialController(Part):
             now=self.clock(),
         )
         if not same_status(result.status, current):
-            await self.kube.patch_status_or_none(
+            # the object as written: a later re-evaluation from the cache starts from it
+            written = await self.kube.patch_status_or_none(
                 awscredential.PLURAL, namespace, name, result.status
             )
+            self.store.credential_bodies[key] = written or body  # gone: its DELETED event
             ready = find(current.get("conditions"), "Ready")
             if ready is None or ready.get("reason") != result.reason:
                 await self.events.post(
@@ -79,11 +101,10 @@ class CredentialController(Part):
     def forget(self, namespace: str, name: str) -> None:
         self.store.credential_bodies.pop((namespace, name), None)
         self.store.credentials.pop((namespace, name), None)
+        self._locks.pop((namespace, name), None)
 
     async def on_secret(self, namespace: str, name: str) -> None:
         """A Secret changed: re-check the credentials that use it."""
         for (ns, cred_name), view in list(self.store.credentials.items()):
             if ns == namespace and view.secret_name == name:
-                body = self.store.credential_bodies.get((ns, cred_name))
-                if body is not None:
-                    await self.on_credential(body)
+                await self._recheck((ns, cred_name))

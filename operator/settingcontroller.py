@@ -88,9 +88,10 @@ class SettingController(Part):
             signing=await self._signing(namespace, evaluation),
         )
         if not same_status(status, current):
-            await self.kube.patch_status_or_none(
+            written = await self.kube.patch_status_or_none(
                 voicestoragesetting.PLURAL, namespace, meta["name"], status
             )
+            self.store.setting_bodies[namespace] = written or body  # as written, for re-checks
             await self._post_events(body, current, status)
         ok = evaluation.ready and (
             validated[0] if validated else is_true(status.get("conditions"), "Validated")
