@@ -7,6 +7,8 @@ import sys
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
+from voicevault.crds.recording import Phase
+
 UPLOADS = Counter(
     "voicevault_uploads_total",
     "Upload attempts by result (completed, transient, fatal, lost).",
@@ -76,6 +78,19 @@ WEBHOOK_CERT_EXPIRY = Gauge(
     "voicevault_webhook_cert_expiry_timestamp_seconds",
     "When the webhook's serving certificate in use expires (Unix time).",
 )
+
+
+# Every known label value is exported from the start, at 0: the alert rules and the
+# dashboard (charts/voicevault/templates/prometheusrule.yaml) take rates and differences,
+# and a series that first appears at 1 hides its first increase from them.
+for _result in ("completed", "recorded", "transient", "fatal", "lost"):
+    UPLOADS.labels(result=_result)
+for _result in ("delivered", "failed"):
+    CALLBACKS.labels(result=_result)
+for _type in ("Normal", "Warning"):
+    EVENTS_DROPPED.labels(type=_type)
+for _phase in Phase:
+    RECORDINGS.labels(phase=_phase.value)
 
 
 def sample(name: str, **labels: str) -> float:

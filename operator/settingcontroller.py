@@ -8,6 +8,7 @@ When a setting becomes ready, the recordings that waited for it are offered agai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -143,7 +144,9 @@ class SettingController(Part):
             self.store.setting_bodies.pop(namespace, None)
             self.store.settings.pop(namespace, None)
             self.next_validation.pop(namespace, None)
-            metrics.SETTING_VALID.labels(namespace=namespace).set(0)
+            # no setting is not an invalid one: the series goes (an alert watches for 0)
+            with contextlib.suppress(KeyError):
+                metrics.SETTING_VALID.remove(namespace)
 
     async def refresh_from_api(self, namespace: str) -> None:
         """Read the namespace's setting now, not from the watch.

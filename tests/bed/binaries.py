@@ -1,4 +1,5 @@
-"""Install and cache the test bed's binaries (etcd, Kubernetes commands, kubectl, helm, MinIO).
+"""Install and cache the test bed's binaries (etcd, Kubernetes commands, kubectl, helm, MinIO,
+promtool).
 
 Each binary lives in ``$VOICEVAULT_CACHE/<name>-<version>/`` (default
 ``~/.cache/voicevault``). An install is built in a temporary sibling directory and
@@ -38,6 +39,8 @@ KUBECTL_LAYER_VERSION = "2.1.0"
 # The Go module proxy has no tagged MinIO releases: this is the newest pseudo-version
 # (``go list -m github.com/minio/minio@latest``, 2026-02-12); it needs Go >= 1.24.
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
+# Prometheus 3.16.0 as a Go module (Prometheus 3.x.y is tagged v0.3xx.y); needs Go >= 1.26.
+PROMETHEUS_MODULE_VERSION = "v0.316.0"
 
 BUILD_TIMEOUT_S = 40 * 60
 LOCK_TIMEOUT_S = 60 * 60
@@ -360,6 +363,31 @@ def minio() -> Path:
     return _install(f"minio-{MINIO_VERSION}", ["minio"], _build_minio) / "minio"
 
 
+# --- promtool ---------------------------------------------------------------------------
+
+
+def prometheus_release() -> str:
+    """3.16.0 for the module version v0.316.0."""
+    minor, patch = PROMETHEUS_MODULE_VERSION.removeprefix("v0.").split(".")
+    return f"{int(minor) // 100}.{int(minor) % 100}.{patch}"
+
+
+def _build_promtool(out: Path) -> None:
+    started = time.monotonic()
+    env = _go_env(GOBIN=str(out))
+    ldflags = f"-s -w -X github.com/prometheus/common/version.Version={prometheus_release()}"
+    package = f"github.com/prometheus/prometheus/cmd/promtool@{PROMETHEUS_MODULE_VERSION}"
+    _run(["go", "install", "-ldflags", ldflags, package], cwd=out, env=env, timeout=BUILD_TIMEOUT_S)
+    _log("promtool", "go install", started)
+
+
+def promtool() -> Path:
+    """promtool (checks and unit-tests the chart's alert rules), ``go install``ed from the
+    Go module proxy."""
+    key = f"promtool-{PROMETHEUS_MODULE_VERSION}"
+    return _install(key, ["promtool"], _build_promtool) / "promtool"
+
+
 # --- summary and CLI -------------------------------------------------------------------
 
 INSTALLERS: dict[str, Callable[[], Path]] = {
@@ -372,6 +400,7 @@ INSTALLERS: dict[str, Callable[[], Path]] = {
     "kube-controller-manager": kube_controller_manager,
     "kube-scheduler": kube_scheduler,
     "kube-proxy": kube_proxy,
+    "promtool": promtool,
 }
 
 
@@ -384,6 +413,7 @@ def versions() -> dict[str, str]:
         "kube-apiserver": KUBERNETES_VERSION,
         "minio": MINIO_VERSION,
         **dict.fromkeys(NODE_COMMANDS, KUBERNETES_VERSION),
+        "promtool": PROMETHEUS_MODULE_VERSION,
     }
 
 
@@ -394,6 +424,7 @@ _VERSION_ARGS: dict[str, list[str]] = {
     "kube-apiserver": ["--version"],
     "minio": ["--version"],
     **{command: ["--version"] for command in NODE_COMMANDS},
+    "promtool": ["--version"],
 }
 
 
