@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make demo   set up everything and run the whole loop once on a local stack
 #   make test   run the test suite (what CI runs)
+#   make unit   only the unit tier: pure logic, no binaries, no servers
 #   make demo-cluster  the demo's journey on a real one-node cluster (root; builds images)
 # Binaries (kube-apiserver, etcd, kubectl, helm, MinIO) are built or fetched once into
 # ~/.cache/voicevault (override with VOICEVAULT_CACHE); later runs start in seconds.
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 STACK_BINARIES := etcd kubectl helm kube-apiserver
 
-.PHONY: demo demo-cluster images up test lint typecheck binaries bench clean
+.PHONY: demo demo-cluster images up test unit lint typecheck binaries bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,9 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q -n $(PYTEST_WORKERS)
 
 test: binaries images lint typecheck
 	$(BIN)/voicevault crds --check crds charts/voicevault/crds

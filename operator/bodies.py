@@ -30,3 +30,10 @@ def slim(body: Any) -> dict[str, Any]:
         if annotations and LAST_APPLIED in annotations:
             del annotations[LAST_APPLIED]
     return out
+
+
+def same_status(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal as the apiserver would store them (None means absent)."""
+    return {k: v for k, v in a.items() if v is not None} == {
+        k: v for k, v in b.items() if v is not None
+    }

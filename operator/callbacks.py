@@ -15,9 +15,9 @@ from typing import Any
 
 import aiohttp
 
+from voicevault.contract import EncryptionDetails
 from voicevault.crds.recording import Phase, RecordingSpec
 from voicevault.operator.signature import SIGNATURE_HEADER, twilio_signature
-from voicevault.uploader.envelope import EncryptionDetails
 
 log = logging.getLogger("voicevault.operator.callbacks")
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"

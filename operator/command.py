@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import socket
 from typing import Any
 
 from voicevault import logs
+from voicevault.operator import config, flags
 from voicevault.operator.config import OperatorConfig, UploaderPodConfig, WebhookConfig
 from voicevault.operator.leaselock import LeaseTiming
 
@@ -24,28 +24,12 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"VOICEVAULT_{name}", default)
 
 
-def _json_of(kind: type) -> Any:
-    """An argparse type: JSON text that must decode to `kind` (a list or a dict)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not JSON: {text[:80]!r}") from None
-        if not isinstance(value, kind):
-            raise argparse.ArgumentTypeError(f"must be a JSON {kind.__name__}")
-        return value
-
-    return parse
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Reconcile AwsCredentials, VoiceStorageSettings and Recordings, and run uploader pods "
         "on the nodes that hold the media. Every flag has a VOICEVAULT_* environment default."
     )
     pods = UploaderPodConfig()
-    defaults = OperatorConfig()
     add = parser.add_argument
     add("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
     add(
@@ -54,108 +38,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="watch only this namespace (repeatable; default: all namespaces)",
     )
-    group = parser.add_argument_group("uploader pods")
-    group.add_argument(
-        "--uploader-namespace",
-        default=_env("UPLOADER_NAMESPACE", os.environ.get("POD_NAMESPACE", pods.namespace)),
-    )
-    group.add_argument("--uploader-image", default=_env("UPLOADER_IMAGE", pods.image))
-    group.add_argument(
-        "--uploader-image-pull-policy",
-        default=_env("UPLOADER_IMAGE_PULL_POLICY", pods.image_pull_policy),
-    )
-    group.add_argument(
-        "--uploader-service-account", default=_env("UPLOADER_SERVICE_ACCOUNT", pods.service_account)
-    )
-    group.add_argument(
-        "--recordings-host-path",
-        default=_env("RECORDINGS_HOST_PATH", pods.recordings_host_path),
-        help="directory on each node holding <namespace>/<mediaPath>",
-    )
-    group.add_argument(
-        "--uploader-uid",
-        type=int,
-        default=_env("UPLOADER_UID", str(pods.run_as_user)),
-        help="UID the uploader runs as (match the recording service)",
-    )
-    group.add_argument(
-        "--uploader-gid", type=int, default=_env("UPLOADER_GID", str(pods.run_as_group))
-    )
-    group.add_argument(
-        "--uploader-memory-limit", default=_env("UPLOADER_MEMORY_LIMIT", pods.memory_limit)
-    )
-    group.add_argument(
-        "--uploader-memory-request", default=_env("UPLOADER_MEMORY_REQUEST", pods.memory_request)
-    )
-    group.add_argument(
-        "--uploader-cpu-request", default=_env("UPLOADER_CPU_REQUEST", pods.cpu_request)
-    )
-    group.add_argument(
-        "--uploader-node-selector",
-        type=_json_of(dict),
-        default=_env("UPLOADER_NODE_SELECTOR", "{}"),
-        help="JSON object of the labels every recording node carries",
-    )
-    group.add_argument(
-        "--uploader-tolerations",
-        type=_json_of(list),
-        default=_env("UPLOADER_TOLERATIONS", "[]"),
-        help="JSON list of tolerations for uploader pods (taints of recording nodes)",
-    )
-    group.add_argument(
-        "--upload-concurrency",
-        type=int,
-        default=_env("UPLOAD_CONCURRENCY", str(pods.concurrency)),
-        help="recordings uploaded at once in a pod",
-    )
-    group.add_argument(
-        "--part-concurrency",
-        type=int,
-        default=_env("PART_CONCURRENCY", str(pods.part_concurrency)),
-    )
-    group.add_argument(
-        "--progress-interval",
-        type=float,
-        default=_env("PROGRESS_INTERVAL", str(pods.progress_interval_seconds)),
-    )
-    group.add_argument(
-        "--batch-size", type=int, default=_env("BATCH_SIZE", str(defaults.batch_size))
-    )
-    group.add_argument(
-        "--max-active-pods",
-        type=int,
-        default=_env("MAX_ACTIVE_PODS", str(defaults.max_active_pods)),
-    )
-    group.add_argument(
-        "--pod-start-timeout",
-        type=float,
-        default=_env("POD_START_TIMEOUT", str(defaults.pod_start_timeout)),
-    )
-    group.add_argument(
-        "--poll-interval",
-        type=float,
-        default=_env("POLL_INTERVAL", str(defaults.poll_interval)),
-    )
-    other = parser.add_argument_group("operation")
-    other.add_argument(
-        "--default-retry-window",
-        type=int,
-        default=_env("DEFAULT_RETRY_WINDOW", str(defaults.default_retry_window_seconds)),
-        help="seconds transient failures are retried when a setting names no window "
-        "(default 7200: the seed's 2 hours)",
-    )
-    other.add_argument(
-        "--validation-interval",
-        type=float,
-        default=_env("VALIDATION_INTERVAL", str(defaults.validation_interval)),
-        help="seconds between bucket re-validations",
-    )
-    other.add_argument(
-        "--resync-interval",
-        type=float,
-        default=_env("RESYNC_INTERVAL", str(defaults.resync_interval)),
-        help="seconds between looks at every recording, whatever the watch delivered",
-    )
+    groups = {
+        name: parser.add_argument_group(name) for name in (config.PODS, "operation", config.WEBHOOK)
+    }
+    flags.add_flags(parser, UploaderPodConfig, groups)
+    flags.add_flags(parser, OperatorConfig, groups)
+    flags.add_flags(parser, WebhookConfig, groups)
+    other = groups["operation"]
     lease = parser.add_argument_group(
         "leader election", "Only the replica holding the Lease reconciles; the others stand by."
     )
@@ -200,7 +89,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     other.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", "8080"))
     other.add_argument("--health-port", type=int, default=_env("HEALTH_PORT", "8081"))
     other.add_argument("--bind-address", default=_env("BIND_ADDRESS", "0.0.0.0"))  # noqa: S104 - in a pod
-    _configure_webhook(parser.add_argument_group("validating admission webhook"))
     other.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
@@ -218,113 +106,17 @@ def lease_timing(args: argparse.Namespace) -> LeaseTiming:
     return timing
 
 
-def _configure_webhook(group: argparse._ArgumentGroup) -> None:
-    hook = WebhookConfig()
-    add = group.add_argument
-    add(
-        "--webhook",
-        action=argparse.BooleanOptionalAction,
-        default=_env("WEBHOOK_ENABLED", "true").lower() in ("1", "true", "yes"),
-        help="serve the webhook that refuses bad settings and credentials at apply time",
-    )
-    add("--webhook-port", type=int, default=int(_env("WEBHOOK_PORT", str(hook.port))))
-    add(
-        "--webhook-bind-address",
-        default=_env("WEBHOOK_BIND_ADDRESS", hook.bind_address),
-    )
-    add(
-        "--webhook-namespace",
-        default=_env("WEBHOOK_NAMESPACE", os.environ.get("POD_NAMESPACE", hook.namespace)),
-        help="the operator's own namespace, which holds the certificate Secret",
-    )
-    add(
-        "--webhook-cert-secret",
-        default=_env("WEBHOOK_CERT_SECRET", hook.cert_secret),
-        help="Secret (kubernetes.io/tls plus ca.crt) of the serving certificate",
-    )
-    add(
-        "--webhook-configuration",
-        default=_env("WEBHOOK_CONFIGURATION", hook.configuration),
-        help="ValidatingWebhookConfiguration whose caBundle the operator keeps current",
-    )
-    add(
-        "--webhook-service",
-        default=_env("WEBHOOK_SERVICE", hook.service),
-        help="Service the API server calls: the certificate names <service>.<namespace>.svc",
-    )
-    add(
-        "--webhook-host",
-        action="append",
-        default=[h for h in _env("WEBHOOK_HOSTS", "").split(",") if h],
-        help="another DNS name or IP address for the certificate (repeatable)",
-    )
-    add(
-        "--webhook-manage-cert",
-        action=argparse.BooleanOptionalAction,
-        default=_env("WEBHOOK_MANAGE_CERT", "true").lower() in ("1", "true", "yes"),
-        help="issue and renew the certificate and patch the caBundle (off: cert-manager does)",
-    )
-    add(
-        "--webhook-cert-check-interval",
-        type=float,
-        default=float(_env("WEBHOOK_CERT_CHECK_INTERVAL", str(hook.cert_check_interval))),
-        help="seconds between looks at the certificate Secret",
-    )
-    add(
-        "--webhook-renew-before-days",
-        type=float,
-        default=float(_env("WEBHOOK_RENEW_BEFORE_DAYS", str(hook.renew_before_days))),
-        help="renew the certificate this many days before it expires",
-    )
-
-
 def webhook_config_from(args: argparse.Namespace) -> WebhookConfig:
-    return WebhookConfig(
-        enabled=args.webhook,
-        port=args.webhook_port,
-        bind_address=args.webhook_bind_address,
-        namespace=args.webhook_namespace,
-        cert_secret=args.webhook_cert_secret,
-        configuration=args.webhook_configuration,
-        service=args.webhook_service,
-        extra_hosts=tuple(args.webhook_host),
-        manage_cert=args.webhook_manage_cert,
-        cert_check_interval=args.webhook_cert_check_interval,
-        renew_before_days=args.webhook_renew_before_days,
-    )
+    config: WebhookConfig = flags.build(WebhookConfig, args)
+    return config
 
 
 def config_from(args: argparse.Namespace) -> OperatorConfig:
-    pods = UploaderPodConfig(
-        namespace=args.uploader_namespace,
-        image=args.uploader_image,
-        image_pull_policy=args.uploader_image_pull_policy,
-        service_account=args.uploader_service_account,
-        recordings_host_path=args.recordings_host_path,
-        run_as_user=args.uploader_uid,
-        run_as_group=args.uploader_gid,
-        memory_limit=args.uploader_memory_limit,
-        memory_request=args.uploader_memory_request,
-        cpu_request=args.uploader_cpu_request,
-        node_selector=tuple(
-            sorted((str(k), str(v)) for k, v in args.uploader_node_selector.items())
-        ),
-        tolerations=tuple(args.uploader_tolerations),
-        concurrency=args.upload_concurrency,
-        part_concurrency=args.part_concurrency,
-        progress_interval_seconds=args.progress_interval,
-        log_level="debug" if args.log_level == "debug" else "info",
+    pods = flags.build(
+        UploaderPodConfig, args, log_level="debug" if args.log_level == "debug" else "info"
     )
-    return OperatorConfig(
-        pods=pods,
-        batch_size=args.batch_size,
-        max_active_pods=args.max_active_pods,
-        pod_start_timeout=args.pod_start_timeout,
-        poll_interval=args.poll_interval,
-        validation_interval=args.validation_interval,
-        resync_interval=args.resync_interval,
-        default_retry_window_seconds=args.default_retry_window,
-    )
+    config: OperatorConfig = flags.build(OperatorConfig, args, pods=pods)
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

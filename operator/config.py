@@ -1,9 +1,20 @@
-"""Operator settings: command-line flags with VOICEVAULT_* environment defaults."""
+"""Operator settings. Each field that is a setting names its flag and VOICEVAULT_*
+environment variable here (`flags.flag`); `voicevault operator` derives both from it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from voicevault.operator.flags import flag, json_of
+
+PODS = "uploader pods"
+WEBHOOK = "validating admission webhook"
+
+
+def _labels(selector: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in selector.items()))
+
 
 DEFAULT_RETRY_WINDOW_SECONDS = 7200  # when a setting names none: the seed's 2 hours
 
@@ -12,58 +23,242 @@ DEFAULT_RETRY_WINDOW_SECONDS = 7200  # when a setting names none: the seed's 2 h
 class UploaderPodConfig:
     """How uploader pods look. The chart sets these from its values."""
 
-    namespace: str = "voicevault-system"
-    image: str = "ghcr.io/voicevault/voicevault:0.1.0"
-    image_pull_policy: str = "IfNotPresent"
-    service_account: str = "voicevault-uploader"
+    namespace: str = field(
+        default="voicevault-system",
+        metadata=flag(
+            "uploader-namespace", "UPLOADER_NAMESPACE", group=PODS, fallback_env="POD_NAMESPACE"
+        ),
+    )
+    image: str = field(
+        default="ghcr.io/voicevault/voicevault:0.1.0",
+        metadata=flag("uploader-image", "UPLOADER_IMAGE", group=PODS),
+    )
+    image_pull_policy: str = field(
+        default="IfNotPresent",
+        metadata=flag("uploader-image-pull-policy", "UPLOADER_IMAGE_PULL_POLICY", group=PODS),
+    )
+    service_account: str = field(
+        default="voicevault-uploader",
+        metadata=flag("uploader-service-account", "UPLOADER_SERVICE_ACCOUNT", group=PODS),
+    )
     command: tuple[str, ...] = ("voicevault",)
-    recordings_host_path: str = "/var/lib/voicevault/recordings"
-    run_as_user: int = 10001
-    run_as_group: int = 10001
-    cpu_request: str = "100m"
-    memory_request: str = "128Mi"
-    memory_limit: str = "384Mi"
-    concurrency: int = 4
-    part_concurrency: int = 2
+    recordings_host_path: str = field(
+        default="/var/lib/voicevault/recordings",
+        metadata=flag(
+            "recordings-host-path",
+            "RECORDINGS_HOST_PATH",
+            "directory on each node holding <namespace>/<mediaPath>",
+            group=PODS,
+        ),
+    )
+    run_as_user: int = field(
+        default=10001,
+        metadata=flag(
+            "uploader-uid",
+            "UPLOADER_UID",
+            "UID the uploader runs as (match the recording service)",
+            group=PODS,
+        ),
+    )
+    run_as_group: int = field(
+        default=10001, metadata=flag("uploader-gid", "UPLOADER_GID", group=PODS)
+    )
+    cpu_request: str = field(
+        default="100m", metadata=flag("uploader-cpu-request", "UPLOADER_CPU_REQUEST", group=PODS)
+    )
+    memory_request: str = field(
+        default="128Mi",
+        metadata=flag("uploader-memory-request", "UPLOADER_MEMORY_REQUEST", group=PODS),
+    )
+    memory_limit: str = field(
+        default="384Mi", metadata=flag("uploader-memory-limit", "UPLOADER_MEMORY_LIMIT", group=PODS)
+    )
+    concurrency: int = field(
+        default=4,
+        metadata=flag(
+            "upload-concurrency",
+            "UPLOAD_CONCURRENCY",
+            "recordings uploaded at once in a pod",
+            group=PODS,
+        ),
+    )
+    part_concurrency: int = field(
+        default=2, metadata=flag("part-concurrency", "PART_CONCURRENCY", group=PODS)
+    )
     part_size_mib: int = 8
-    progress_interval_seconds: float = 10.0
+    progress_interval_seconds: float = field(
+        default=10.0, metadata=flag("progress-interval", "PROGRESS_INTERVAL", group=PODS)
+    )
     active_deadline_seconds: int = 3600
     log_level: str = "info"
     priority_class: str | None = None
-    tolerations: tuple[dict[str, Any], ...] = ()
+    tolerations: tuple[dict[str, Any], ...] = field(
+        default=(),
+        metadata=flag(
+            "uploader-tolerations",
+            "UPLOADER_TOLERATIONS",
+            "JSON list of tolerations for uploader pods (taints of recording nodes)",
+            group=PODS,
+            parse=json_of(list, tuple),
+        ),
+    )
     # labels of recording nodes: with nodeName set the kubelet still refuses a pod whose
     # nodeSelector its node does not match, so a Recording naming another node fails fast
-    node_selector: tuple[tuple[str, str], ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata=flag(
+            "uploader-node-selector",
+            "UPLOADER_NODE_SELECTOR",
+            "JSON object of the labels every recording node carries",
+            group=PODS,
+            parse=json_of(dict, _labels),
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
     pods: UploaderPodConfig = field(default_factory=UploaderPodConfig)
-    batch_size: int = 50  # recordings per uploader pod (the termination message must fit)
-    max_active_pods: int = 50  # uploader pods at once, cluster-wide
-    poll_interval: float = 2.0  # seconds between looks at running uploader pods
-    pod_start_timeout: float = 300.0  # a pod not running by then is given up on
-    validation_interval: float = 1800.0  # re-validate each bucket this often (seconds)
-    # look at every unfinished recording again this often, whatever the watch delivered
-    resync_interval: float = 600.0
-    default_retry_window_seconds: int = DEFAULT_RETRY_WINDOW_SECONDS
-    callback_attempts: int = 5
-    callback_timeout: float = 10.0
+    # recordings per uploader pod (the termination message must fit)
+    batch_size: int = field(default=50, metadata=flag("batch-size", "BATCH_SIZE", group=PODS))
+    # uploader pods at once, cluster-wide
+    max_active_pods: int = field(
+        default=50, metadata=flag("max-active-pods", "MAX_ACTIVE_PODS", group=PODS)
+    )
+    # seconds between looks at running uploader pods
+    poll_interval: float = field(
+        default=2.0, metadata=flag("poll-interval", "POLL_INTERVAL", group=PODS)
+    )
+    # a pod not running by then is given up on
+    pod_start_timeout: float = field(
+        default=300.0, metadata=flag("pod-start-timeout", "POD_START_TIMEOUT", group=PODS)
+    )
+    validation_interval: float = field(
+        default=1800.0,
+        metadata=flag(
+            "validation-interval", "VALIDATION_INTERVAL", "seconds between bucket re-validations"
+        ),
+    )
+    resync_interval: float = field(
+        default=600.0,
+        metadata=flag(
+            "resync-interval",
+            "RESYNC_INTERVAL",
+            "seconds between looks at every recording, whatever the watch delivered",
+        ),
+    )
+    default_retry_window_seconds: int = field(
+        default=DEFAULT_RETRY_WINDOW_SECONDS,
+        metadata=flag(
+            "default-retry-window",
+            "DEFAULT_RETRY_WINDOW",
+            "seconds transient failures are retried when a setting names no window "
+            "(default 7200: the seed's 2 hours)",
+        ),
+    )
+    callback_attempts: int = field(
+        default=5,
+        metadata=flag(
+            "callback-attempts", "CALLBACK_ATTEMPTS", "attempts to deliver each status callback"
+        ),
+    )
+    callback_timeout: float = field(
+        default=10.0,
+        metadata=flag(
+            "callback-timeout", "CALLBACK_TIMEOUT", "seconds each status callback attempt may take"
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class WebhookConfig:
     """The validating admission webhook the operator serves (HTTPS, AdmissionReview v1)."""
 
-    enabled: bool = True
-    port: int = 9443
-    bind_address: str = "0.0.0.0"  # noqa: S104 - in a pod
-    namespace: str = "voicevault-system"  # the operator's own: where the cert Secret lives
-    cert_secret: str = "voicevault-webhook-cert"  # noqa: S105 - a name, not a secret
-    configuration: str = "voicevault"  # the ValidatingWebhookConfiguration to patch
-    service: str = "voicevault"  # its Service: the certificate names <service>.<namespace>.svc
-    extra_hosts: tuple[str, ...] = ()  # more names or IPs, e.g. 127.0.0.1 for a URL config
+    enabled: bool = field(
+        default=True,
+        metadata=flag(
+            "webhook",
+            "WEBHOOK_ENABLED",
+            "serve the webhook that refuses bad settings and credentials at apply time",
+            group=WEBHOOK,
+        ),
+    )
+    port: int = field(default=9443, metadata=flag("webhook-port", "WEBHOOK_PORT", group=WEBHOOK))
+    bind_address: str = field(
+        default="0.0.0.0",  # noqa: S104 - in a pod
+        metadata=flag("webhook-bind-address", "WEBHOOK_BIND_ADDRESS", group=WEBHOOK),
+    )
+    namespace: str = field(
+        default="voicevault-system",
+        metadata=flag(
+            "webhook-namespace",
+            "WEBHOOK_NAMESPACE",
+            "the operator's own namespace, which holds the certificate Secret",
+            group=WEBHOOK,
+            fallback_env="POD_NAMESPACE",
+        ),
+    )
+    cert_secret: str = field(
+        default="voicevault-webhook-cert",
+        metadata=flag(
+            "webhook-cert-secret",
+            "WEBHOOK_CERT_SECRET",
+            "Secret (kubernetes.io/tls plus ca.crt) of the serving certificate",
+            group=WEBHOOK,
+        ),
+    )
+    configuration: str = field(
+        default="voicevault",
+        metadata=flag(
+            "webhook-configuration",
+            "WEBHOOK_CONFIGURATION",
+            "ValidatingWebhookConfiguration whose caBundle the operator keeps current",
+            group=WEBHOOK,
+        ),
+    )
+    service: str = field(
+        default="voicevault",
+        metadata=flag(
+            "webhook-service",
+            "WEBHOOK_SERVICE",
+            "Service the API server calls: the certificate names <service>.<namespace>.svc",
+            group=WEBHOOK,
+        ),
+    )
+    extra_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata=flag(
+            "webhook-host",
+            "WEBHOOK_HOSTS",
+            "another DNS name or IP address for the certificate (repeatable)",
+            group=WEBHOOK,
+        ),
+    )
     # False: cert-manager issues the Secret and injects the caBundle; only read and reload it
-    manage_cert: bool = True
-    cert_check_interval: float = 300.0  # seconds between looks at the Secret
-    renew_before_days: float = 30.0  # renew a certificate this long before it expires
+    manage_cert: bool = field(
+        default=True,
+        metadata=flag(
+            "webhook-manage-cert",
+            "WEBHOOK_MANAGE_CERT",
+            "issue and renew the certificate and patch the caBundle (off: cert-manager does)",
+            group=WEBHOOK,
+        ),
+    )
+    cert_check_interval: float = field(
+        default=300.0,
+        metadata=flag(
+            "webhook-cert-check-interval",
+            "WEBHOOK_CERT_CHECK_INTERVAL",
+            "seconds between looks at the certificate Secret",
+            group=WEBHOOK,
+        ),
+    )
+    renew_before_days: float = field(
+        default=30.0,
+        metadata=flag(
+            "webhook-renew-before-days",
+            "WEBHOOK_RENEW_BEFORE_DAYS",
+            "renew the certificate this many days before it expires",
+            group=WEBHOOK,
+        ),
+    )

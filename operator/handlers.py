@@ -1,4 +1,4 @@
-"""kopf handlers: thin. Each forwards a watch event to the Controller in `memo`.
+"""kopf handlers: thin. Each forwards a watch event to its resource's controller.
 
 Only the leader acts (`operator/leader.py`). A standby's watches run, warm, and its
 handlers drop what they see: on taking the Lease, the controller reads everything afresh.
@@ -51,9 +51,9 @@ def register(registry: kopf.OperatorRegistry) -> None:
         body = plain(event["object"])
         if event.get("type") == "DELETED":
             meta = body["metadata"]
-            controller.forget_credential(meta["namespace"], meta["name"])
+            controller.credentials.forget(meta["namespace"], meta["name"])
             return
-        await controller.on_credential(body)
+        await controller.credentials.on_credential(body)
 
     @kopf.on.event(API_GROUP, API_VERSION, voicestoragesetting.PLURAL, registry=registry)
     async def setting_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
@@ -63,9 +63,9 @@ def register(registry: kopf.OperatorRegistry) -> None:
         body = plain(event["object"])
         if event.get("type") == "DELETED":
             meta = body["metadata"]
-            controller.forget_setting(meta["namespace"], meta["name"])
+            controller.settings.forget(meta["namespace"], meta["name"])
             return
-        await controller.on_setting(body)
+        await controller.settings.on_setting(body)
 
     @kopf.on.event(API_GROUP, API_VERSION, recording.PLURAL, registry=registry)
     async def recording_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
@@ -74,7 +74,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         controller = await _acting(memo, wait=False)
         if controller is not None:
             deleted = event.get("type") == "DELETED"
-            controller.submit_recording(slim(event["object"]), deleted=deleted)
+            controller.recordings.submit(slim(event["object"]), deleted=deleted)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -49,9 +49,11 @@ class Kube:
         self.coordination = k8s.CoordinationV1Api(api_client)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
 
-    def close(self) -> None:
+    def close(self, *, client: bool = True) -> None:
+        """Stop the call threads; `client=False` leaves the API client open (its owner's)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.api_client.close()
+        if client:
+            self.api_client.close()
 
     async def _call(
         self, verb: str, resource: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
@@ -60,10 +62,12 @@ class Kube:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
-    async def _get_or_none(self, resource: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """A counted GET; None when the object does not exist."""
+    async def _or_none(
+        self, verb: str, resource: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """A counted call; None when the object does not exist (404)."""
         try:
-            return await self._call("get", resource, fn, *args)
+            return await self._call(verb, resource, fn, *args, **kwargs)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -71,21 +75,9 @@ class Kube:
 
     # -- custom resources ------------------------------------------------------------------
 
-    async def get_status(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(
-            "get",
-            plural,
-            self.custom.get_namespaced_custom_object_status,
-            API_GROUP,
-            API_VERSION,
-            namespace,
-            plural,
-            name,
-        )
-        return result
-
-    async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(
+    async def get_or_none(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None if it does not exist."""
+        result: dict[str, Any] | None = await self._or_none(
             "get",
             plural,
             self.custom.get_namespaced_custom_object,
@@ -122,6 +114,17 @@ class Kube:
             _content_type=MERGE,
         )
         return result
+
+    async def patch_status_or_none(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """`patch_status`, unguarded; None if the object is gone (its DELETED event follows)."""
+        try:
+            return await self.patch_status(plural, namespace, name, status)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     async def patch_meta(
         self, plural: str, namespace: str, name: str, metadata: dict[str, Any]
@@ -208,8 +211,8 @@ class Kube:
     # -- leases ----------------------------------------------------------------------------------
 
     async def get_lease(self, namespace: str, name: str) -> k8s.V1Lease | None:
-        lease: k8s.V1Lease | None = await self._get_or_none(
-            "leases", self.coordination.read_namespaced_lease, name, namespace
+        lease: k8s.V1Lease | None = await self._or_none(
+            "get", "leases", self.coordination.read_namespaced_lease, name, namespace
         )
         return lease
 
@@ -229,8 +232,8 @@ class Kube:
     # -- core ------------------------------------------------------------------------------------
 
     async def read_secret(self, namespace: str, name: str) -> k8s.V1Secret | None:
-        secret: k8s.V1Secret | None = await self._get_or_none(
-            "secrets", self.core.read_namespaced_secret, name, namespace
+        secret: k8s.V1Secret | None = await self._or_none(
+            "get", "secrets", self.core.read_namespaced_secret, name, namespace
         )
         return secret
 
@@ -243,13 +246,7 @@ class Kube:
         return str(secret.metadata.resource_version if secret.metadata else ""), data
 
     async def node_exists(self, name: str) -> bool:
-        try:
-            await self._call("get", "nodes", self.core.read_node, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return await self._or_none("get", "nodes", self.core.read_node, name) is not None
 
     async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
         result = await self._call(
@@ -264,18 +261,15 @@ class Kube:
         return list(self.api_client.sanitize_for_serialization(result).get("items", []))
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
-        try:
-            await self._call(
-                "delete",
-                "pods",
-                self.core.delete_namespaced_pod,
-                name,
-                namespace,
-                grace_period_seconds=grace_seconds,
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        """Delete a pod; one already gone is fine."""
+        await self._or_none(
+            "delete",
+            "pods",
+            self.core.delete_namespaced_pod,
+            name,
+            namespace,
+            grace_period_seconds=grace_seconds,
+        )
 
     async def create_secret(self, namespace: str, manifest: dict[str, Any]) -> None:
         await self._call(
@@ -294,13 +288,10 @@ class Kube:
         )
 
     async def delete_secret(self, namespace: str, name: str) -> None:
-        try:
-            await self._call(
-                "delete", "secrets", self.core.delete_namespaced_secret, name, namespace
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        """Delete a Secret; one already gone is fine."""
+        await self._or_none(
+            "delete", "secrets", self.core.delete_namespaced_secret, name, namespace
+        )
 
     async def list_secrets(self, namespace: str, selector: str) -> list[k8s.V1Secret]:
         result = await self._call(

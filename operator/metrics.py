@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from voicevault.crds.recording import Phase
 
@@ -91,3 +91,9 @@ for _type in ("Normal", "Warning"):
     EVENTS_DROPPED.labels(type=_type)
 for _phase in Phase:
     RECORDINGS.labels(phase=_phase.value)
+
+
+def sample(name: str, **labels: str) -> float:
+    """One sample as a scrape would read it (0 before it is first set), e.g.
+    `sample("voicevault_events_dropped_total", type="Normal")`."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -1,4 +1,4 @@
-"""Manifests of an uploader pod and its batch Secret. Pure: dicts in, dicts out.
+"""Uploader pods, pure: their manifests and batch Secret, and reading an ended pod.
 
 The pod runs on the node that holds the media (spec.nodeName), mounts only the
 recordings directory from the host, runs as the configured non-root user with a
@@ -14,8 +14,16 @@ import re
 import secrets
 from typing import Any
 
+from voicevault.contract import (
+    BATCH_FILE,
+    BatchItem,
+    BatchOutcome,
+    BatchSpec,
+    CredentialFile,
+    credential_file_name,
+)
 from voicevault.operator.config import UploaderPodConfig
-from voicevault.uploader.batchspec import BATCH_FILE, BatchSpec, CredentialFile
+from voicevault.operator.queues import QueueEntry
 
 LABELS = {
     "app.kubernetes.io/name": "voicevault",
@@ -161,3 +169,91 @@ def owner_reference(pod: dict[str, Any]) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": False,
     }
+
+
+def waiting_reason(pod: dict[str, Any]) -> str:
+    """Why the kubelet has not started the container (``ErrImageNeverPull: ...``), if known."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return f" ({waiting['reason']}{detail})"
+    return ""
+
+
+def oom_message(pod: dict[str, Any]) -> str:
+    """An OOM kill in words: which limit, and the chart value that sets it."""
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    limit = ((containers[0].get("resources") or {}).get("limits") or {}).get("memory")
+    of = f" of {limit}" if limit else ""
+    return (
+        f"the uploader pod was killed for using more than its memory limit{of} (OOMKilled); "
+        "raise the uploader memory limit (chart value uploader.memoryLimit)"
+    )
+
+
+def outcome(pod: dict[str, Any] | None, lost: str | None) -> tuple[BatchOutcome | None, str | None]:
+    """The pod's reported outcome and, if it did not end normally, why."""
+    if pod is None:
+        return None, lost
+    status = pod.get("status", {})
+    terminated: dict[str, Any] = {}
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+    outcome = BatchOutcome.decode(terminated.get("message") or "") if terminated else None
+    if lost:
+        return outcome, lost
+    exit_code = terminated.get("exitCode")
+    if status.get("phase") == "Failed" and status.get("reason"):
+        return (
+            outcome,
+            f"the uploader pod was {status['reason']}: {status.get('message', '')}".strip(": "),
+        )
+    if terminated.get("reason") == "OOMKilled":
+        return outcome, oom_message(pod)
+    if exit_code not in (0, None, 143):
+        reason = terminated.get("reason") or "Error"
+        return outcome, f"the uploader pod exited with code {exit_code} ({reason})"
+    if outcome is None:
+        return None, "the uploader pod ended without reporting a result"
+    return outcome, None
+
+
+def batch_for(
+    pod_name: str,
+    node: str,
+    entries: list[QueueEntry],
+    found: dict[tuple[str, str], CredentialFile],
+) -> tuple[BatchSpec, dict[str, CredentialFile]]:
+    """The batch and its credential files: one file per (namespace, credential) of
+    these entries, numbered in the same pass that names them in the items."""
+    refs: dict[tuple[str, str], str] = {}
+    files: dict[str, CredentialFile] = {}
+    for entry in entries:
+        ref = (entry.namespace, entry.snapshot.credential_name)
+        if ref not in refs:
+            refs[ref] = credential_file_name(len(files))
+            files[refs[ref]] = found[ref]
+    items = [
+        BatchItem(
+            namespace=e.namespace,
+            name=e.name,
+            uid=e.uid,
+            sid=e.sid,
+            action=e.action,
+            media_path=e.media_path,
+            bucket_url=e.snapshot.bucket_url,
+            endpoint_url=e.snapshot.endpoint_url,
+            region=e.snapshot.region,
+            bucket=e.snapshot.bucket,
+            object_key=e.snapshot.object_key,
+            media_url=e.snapshot.media_url,
+            public_key=e.snapshot.public_key,
+            public_key_sid=e.snapshot.public_key_sid,
+            credential=refs[(e.namespace, e.snapshot.credential_name)],
+            credential_name=e.snapshot.credential_name,
+            metadata=e.metadata,
+        )
+        for e in entries
+    ]
+    return BatchSpec(pod=pod_name, node=node, items=items), files

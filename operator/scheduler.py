@@ -15,38 +15,25 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from voicevault.crds.recording import FINALIZER, PLURAL, Phase, StorageSnapshot
-from voicevault.operator import metrics, pods
-from voicevault.operator.config import OperatorConfig
-from voicevault.operator.kube import Kube, is_status
-from voicevault.operator.queues import NodeQueues, QueueEntry
-from voicevault.operator.recordings import (
-    Event,
-    RecordingView,
-    fatal_failure,
-    requeued,
-    transient_failure,
-)
-from voicevault.uploader.batchspec import (
+from voicevault import phases
+from voicevault.contract import (
     BATCH_FILE,
-    BatchItem,
-    BatchOutcome,
     BatchSpec,
     CredentialFile,
     ItemResult,
-    credential_file_name,
 )
-from voicevault.uploader.errors import ErrorCode
+from voicevault.crds.recording import FINALIZER, PLURAL, Phase, StorageSnapshot
+from voicevault.operator import metrics, pods
+from voicevault.operator.kube import is_status
+from voicevault.operator.queues import NodeQueues, QueueEntry
+from voicevault.operator.shared import Part, Shared
+from voicevault.phases import Event, RecordingView
 
 log = logging.getLogger("voicevault.operator.scheduler")
 
-# (namespace, credential name) -> credential file contents, or an error message
-CredentialResolver = Callable[[str, str], Awaitable[CredentialFile | str]]
-EventPoster = Callable[[dict[str, Any], Event], Awaitable[None]]
-Clock = Callable[[], datetime]
 RELAUNCH_DELAY = timedelta(seconds=5)
 API_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # reading a recording after its pod ended
 
@@ -62,26 +49,10 @@ class ActivePod:
     seen: bool = False  # listed at least once since creation
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Scheduler:
-    def __init__(
-        self,
-        kube: Kube,
-        config: OperatorConfig,
-        resolve_credential: CredentialResolver,
-        post_event: EventPoster,
-        clock: Clock = utcnow,
-        hold: Callable[[QueueEntry], bool] = lambda _: False,
-    ) -> None:
-        self.kube = kube
-        self.hold = hold  # True: not to be uploaded now (the controller takes it back)
-        self.config = config
-        self.resolve_credential = resolve_credential
-        self.post_event = post_event
-        self.clock = clock
+class Scheduler(Part):
+    def __init__(self, shared: Shared, held: Callable[[QueueEntry], None] = lambda _: None) -> None:
+        super().__init__(shared)
+        self.held = held  # an upload not made now: the recordings controller reads it again
         self.queues = NodeQueues()
         self.active: dict[str, ActivePod] = {}  # by node
         self._wake = asyncio.Event()
@@ -212,7 +183,7 @@ class Scheduler:
             return
         # numbered over the items actually in the batch, so each item's credential file
         # is its own namespace's even when an earlier entry was dropped as stale
-        batch, credentials = self._batch(name, node, active.items, found)
+        batch, credentials = pods.batch_for(name, node, active.items, found)
         manifest = pods.uploader_pod(name, node, name, self.config.pods)
         namespace = self.config.pods.namespace
         try:
@@ -248,11 +219,12 @@ class Scheduler:
         by_ref: dict[tuple[str, str], CredentialFile | None] = {}
         usable: list[QueueEntry] = []
         for entry in entries:
-            if self.hold(entry):
+            if self.store.refuses(entry):
+                self.held(entry)
                 continue
             ref = (entry.namespace, entry.snapshot.credential_name)
             if ref not in by_ref:
-                found = await self.resolve_credential(*ref)
+                found = await self.store.credential_keys(*ref)
                 if isinstance(found, str):
                     by_ref[ref] = None
                     await self._transient_now(entry, found)
@@ -266,17 +238,7 @@ class Scheduler:
 
     async def _mark_scheduled(self, entry: QueueEntry, pod_name: str) -> bool:
         """Claim the recording for the pod; False if it changed since it was queued."""
-        upload = {"pod": pod_name, "startedAt": None, "bytesSent": None, "bytesTotal": None}
-        if entry.action == "purge":
-            status: dict[str, Any] = {"upload": upload, "message": "Removing local media (deleted)"}
-        else:
-            status = {
-                "phase": Phase.SCHEDULED.value,
-                "reason": None,
-                "upload": upload,
-                "attempts": entry.attempts + 1,
-                "message": f"In uploader pod {pod_name}'s batch (attempt {entry.attempts + 1})",
-            }
+        status, event = phases.scheduled(entry.action, entry.attempts, pod_name)
         try:
             await self.kube.patch_status(
                 PLURAL, entry.namespace, entry.name, status, entry.resource_version
@@ -286,49 +248,9 @@ class Scheduler:
                 log.warning("could not schedule %s: %s", entry.ref, type(exc).__name__)
                 self.queues.put(entry)  # try again on a later tick
             return False
-        if entry.action == "upload":
-            await self.post_event(_ref_body(entry), Event("Normal", "Scheduled", status["message"]))
+        if event is not None:
+            await self.events.post(_ref_body(entry), event)
         return True
-
-    def _batch(
-        self,
-        pod_name: str,
-        node: str,
-        entries: list[QueueEntry],
-        found: dict[tuple[str, str], CredentialFile],
-    ) -> tuple[BatchSpec, dict[str, CredentialFile]]:
-        """The batch and its credential files: one file per (namespace, credential) of
-        these entries, numbered in the same pass that names them in the items."""
-        refs: dict[tuple[str, str], str] = {}
-        files: dict[str, CredentialFile] = {}
-        for entry in entries:
-            ref = (entry.namespace, entry.snapshot.credential_name)
-            if ref not in refs:
-                refs[ref] = credential_file_name(len(files))
-                files[refs[ref]] = found[ref]
-        items = [
-            BatchItem(
-                namespace=e.namespace,
-                name=e.name,
-                uid=e.uid,
-                sid=e.sid,
-                action=e.action,
-                media_path=e.media_path,
-                bucket_url=e.snapshot.bucket_url,
-                endpoint_url=e.snapshot.endpoint_url,
-                region=e.snapshot.region,
-                bucket=e.snapshot.bucket,
-                object_key=e.snapshot.object_key,
-                media_url=e.snapshot.media_url,
-                public_key=e.snapshot.public_key,
-                public_key_sid=e.snapshot.public_key_sid,
-                credential=refs[(e.namespace, e.snapshot.credential_name)],
-                credential_name=e.snapshot.credential_name,
-                metadata=e.metadata,
-            )
-            for e in entries
-        ]
-        return BatchSpec(pod=pod_name, node=node, items=items), files
 
     async def _items_from_secret(self, name: str) -> list[QueueEntry] | None:
         found = await self.kube.secret_data(self.config.pods.namespace, name)
@@ -405,7 +327,7 @@ class Scheduler:
                         active,
                         pod,
                         f"the uploader pod did not start on node {active.node} within "
-                        f"{int(self.config.pod_start_timeout)}s{_waiting_reason(pod)}",
+                        f"{int(self.config.pod_start_timeout)}s{pods.waiting_reason(pod)}",
                     )
                 )
         if finished:
@@ -416,7 +338,7 @@ class Scheduler:
     ) -> None:
         self._finishing.add(active.name)
         try:
-            outcome, why = _outcome(pod, lost)
+            outcome, why = pods.outcome(pod, lost)
             results = outcome.results if outcome else []
             metrics.PARTS_RESENT.inc(outcome.parts_resent if outcome else 0)
             await asyncio.gather(
@@ -464,88 +386,49 @@ class Scheduler:
         if entry.action == "purge":
             await self._after_purge(rec, entry, result)
             return
-        patch, event = self._next_status(rec, active, result, why, pod)
-        if patch is None:
+        transition = self._next_status(rec, active, result, why)
+        if transition is None:
             return
         written = await self.kube.try_patch_status(
-            PLURAL, rec.namespace, rec.name, patch, rec.resource_version
+            PLURAL, rec.namespace, rec.name, transition.status, rec.resource_version
         )
-        if written is not None and event is not None:
-            await self.post_event(body, event)
+        if written is not None and transition.event is not None:
+            await self.events.post(body, transition.event)
 
     async def _read_recording(self, entry: QueueEntry) -> dict[str, Any] | None:
         """The recording, read again after its pod ended; retried while the API is away
         (an apiserver restart must not leave a recording claimed by a finished pod)."""
         for delay in (*API_RETRY_DELAYS, None):
             try:
-                body: dict[str, Any] = await self.kube.get_status(
-                    PLURAL, entry.namespace, entry.name
-                )
+                return await self.kube.get_or_none(PLURAL, entry.namespace, entry.name)
             except Exception as exc:
-                if is_status(exc, 404):
-                    return None
                 if delay is None:
                     log.warning("cannot read %s after its pod: %s", entry.ref, type(exc).__name__)
                     return None
                 await asyncio.sleep(delay)
-            else:
-                return body
         return None
 
     def _next_status(
-        self,
-        rec: RecordingView,
-        active: ActivePod,
-        result: ItemResult | None,
-        why: str | None,
-        pod: dict[str, Any] | None,
-    ) -> tuple[dict[str, Any] | None, Event | None]:
-        now = self.clock()
-        snapshot = rec.snapshot
-        if snapshot is None:
-            return None, None
-        kind = result.kind if result else None
-        if kind in ("completed", "fatal") or rec.phase in (Phase.COMPLETED, Phase.FAILED):
-            metrics.UPLOADS.labels(result=kind or "recorded").inc()
-            return None, None  # the uploader wrote it
-        if kind == "fatal-unrecorded":
-            metrics.UPLOADS.labels(result="fatal").inc()
-            assert result is not None
-            return fatal_failure(
-                rec.status,
-                code=result.error_code or int(ErrorCode.UPLOAD_FAILED),
-                message=result.message,
-                now=now,
-            )
-        if kind == "skipped" or (result is None and why is None and rec.phase is Phase.SCHEDULED):
-            return requeued(
-                "Back in the queue: the uploader pod stopped before this recording"
-            ), None
-        if kind in ("transient", "completed-unrecorded"):
-            assert result is not None
-            code, message = result.error_code or int(ErrorCode.UPLOAD_FAILED), result.message
-        else:
-            code, message = (
-                int(ErrorCode.UPLOAD_FAILED),
-                why or "the uploader pod ended without a result",
-            )
-        metrics.UPLOADS.labels(result="transient" if result else "lost").inc()
-        patch, event = transient_failure(
-            rec.status, snapshot, code=code, message=message, now=now, node=active.node
-        )
-        if patch.get("phase") == Phase.CACHED.value:
-            metrics.CACHED_TOTAL.inc()
-        else:
-            metrics.RETRIES.inc()
-        patch["upload"] = None
-        return patch, event
+        self, rec: RecordingView, active: ActivePod, result: ItemResult | None, why: str | None
+    ) -> phases.Transition | None:
+        """`phases.after_attempt`, counted in the upload metrics."""
+        after = phases.after_attempt(rec, result, why, node=active.node, now=self.clock())
+        if after.counted is not None:
+            metrics.UPLOADS.labels(result=after.counted).inc()
+        if after.counted in ("transient", "lost") and after.transition is not None:
+            if after.transition.status.get("phase") == Phase.CACHED.value:
+                metrics.CACHED_TOTAL.inc()
+            else:
+                metrics.RETRIES.inc()
+        return after.transition
 
     async def _after_purge(
         self, rec: RecordingView, entry: QueueEntry, result: ItemResult | None
     ) -> None:
         if result is not None and result.kind == "purged":
-            body = await self.kube.get_status(PLURAL, rec.namespace, rec.name)
-            await self.kube.remove_finalizer(PLURAL, body, FINALIZER)
+            body = await self.kube.get_or_none(PLURAL, rec.namespace, rec.name)
+            if body is not None:
+                await self.kube.remove_finalizer(PLURAL, body, FINALIZER)
             return
         entry.due = self.clock()
         entry.resource_version = rec.resource_version
@@ -569,40 +452,26 @@ class Scheduler:
                 self.queues.put(entry)
             return
         try:
-            body = await self.kube.get_status(PLURAL, entry.namespace, entry.name)
+            body = await self.kube.get_or_none(PLURAL, entry.namespace, entry.name)
         except Exception:
             return
-        rec = RecordingView.from_body(body)
-        if (
-            rec.uid != entry.uid
-            or rec.phase not in (Phase.PENDING, Phase.RETRYING)
-            or rec.snapshot is None
-        ):
+        if body is None:
             return
-        status = dict(rec.status)
-        status["attempts"] = int(status.get("attempts") or 0) + 1
-        patch, event = transient_failure(
-            status,
-            rec.snapshot,
-            code=int(ErrorCode.UPLOAD_FAILED),
-            message=message,
-            now=self.clock(),
-            node=entry.node,
-        )
-        patch["attempts"] = status["attempts"]
-        if await self.kube.try_patch_status(
-            PLURAL, rec.namespace, rec.name, patch, rec.resource_version
+        rec = RecordingView.from_body(body)
+        if rec.uid != entry.uid:
+            return
+        transition = phases.failed_before_pod(rec, message, node=entry.node, now=self.clock())
+        if transition is not None and await self.kube.try_patch_status(
+            PLURAL, rec.namespace, rec.name, transition.status, rec.resource_version
         ):
-            await self.post_event(body, event)
+            assert transition.event is not None
+            await self.events.post(body, transition.event)
 
     async def _release_without_purge(self, entry: QueueEntry, message: str) -> None:
-        try:
-            body = await self.kube.get_status(PLURAL, entry.namespace, entry.name)
-        except Exception as exc:
-            if is_status(exc, 404):
-                return
-            raise
-        await self.post_event(
+        body = await self.kube.get_or_none(PLURAL, entry.namespace, entry.name)
+        if body is None:
+            return
+        await self.events.post(
             body, Event("Warning", "NodeGone", f"{message}; local media could not be removed")
         )
         await self.kube.remove_finalizer(PLURAL, body, FINALIZER)
@@ -610,53 +479,3 @@ class Scheduler:
 
 def _ref_body(entry: QueueEntry) -> dict[str, Any]:
     return {"metadata": {"name": entry.name, "namespace": entry.namespace, "uid": entry.uid}}
-
-
-def _waiting_reason(pod: dict[str, Any]) -> str:
-    """Why the kubelet has not started the container (``ErrImageNeverPull: ...``), if known."""
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        waiting = (container.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason"):
-            detail = f": {waiting['message']}" if waiting.get("message") else ""
-            return f" ({waiting['reason']}{detail})"
-    return ""
-
-
-def _oom_message(pod: dict[str, Any]) -> str:
-    """An OOM kill in words: which limit, and the chart value that sets it."""
-    containers = (pod.get("spec") or {}).get("containers") or [{}]
-    limit = ((containers[0].get("resources") or {}).get("limits") or {}).get("memory")
-    of = f" of {limit}" if limit else ""
-    return (
-        f"the uploader pod was killed for using more than its memory limit{of} (OOMKilled); "
-        "raise the uploader memory limit (chart value uploader.memoryLimit)"
-    )
-
-
-def _outcome(
-    pod: dict[str, Any] | None, lost: str | None
-) -> tuple[BatchOutcome | None, str | None]:
-    """The pod's reported outcome and, if it did not end normally, why."""
-    if pod is None:
-        return None, lost
-    status = pod.get("status", {})
-    terminated: dict[str, Any] = {}
-    for container in status.get("containerStatuses") or []:
-        terminated = (container.get("state") or {}).get("terminated") or {}
-    outcome = BatchOutcome.decode(terminated.get("message") or "") if terminated else None
-    if lost:
-        return outcome, lost
-    exit_code = terminated.get("exitCode")
-    if status.get("phase") == "Failed" and status.get("reason"):
-        return (
-            outcome,
-            f"the uploader pod was {status['reason']}: {status.get('message', '')}".strip(": "),
-        )
-    if terminated.get("reason") == "OOMKilled":
-        return outcome, _oom_message(pod)
-    if exit_code not in (0, None, 143):
-        reason = terminated.get("reason") or "Error"
-        return outcome, f"the uploader pod exited with code {exit_code} ({reason})"
-    if outcome is None:
-        return None, "the uploader pod ended without reporting a result"
-    return outcome, None

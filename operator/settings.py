@@ -1,10 +1,11 @@
 """VoiceStorageSetting: is the namespace's setting complete and consistent (Ready), and
 does the bucket accept uploads from its credential (Validated)?
 
-`evaluate` is pure. Validation talks to the bucket with the seed policy's permissions
-only: it opens a multipart upload under the prefix and aborts it, leaving nothing. It
-also finds the bucket's region when the URL names none: the region the bucket answered
-from is kept in `status.bucketRegion` and recordings are signed for it.
+Pure. The settings controller validates the bucket with the seed policy's permissions
+only (`uploader/s3calls.open_and_abort`: a multipart upload under the prefix, opened and
+aborted, leaving nothing); these rules name its key and read its answer. Validation also
+finds the bucket's region when the URL names none: the region the bucket answered from
+is kept in `status.bucketRegion` and recordings are signed for it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -29,12 +30,7 @@ from voicevault.uploader.bucketurl import (
     parse_bucket_url,
     region_mismatch,
 )
-from voicevault.uploader.errors import REGION_HINT_CODES, UploadError, classify
-from voicevault.uploader.s3client import AnsweredRegion
-from voicevault.uploader.transfer import abort_upload
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+from voicevault.uploader.errors import REGION_HINT_CODES, UploadError
 
 VALIDATION_KEY_DIR = ".voicevault-validation"
 # validation answers that say the configuration cannot work (not a passing outage): the
@@ -344,24 +340,15 @@ def located(
     return dataclasses.replace(evaluation, location=dataclasses.replace(location, region=region))
 
 
-def validate_bucket(client: S3Client, location: BucketLocation) -> Validation:
-    """Open and abort a multipart upload under the prefix: PutObject and Abort allowed.
+def validation_key(location: BucketLocation) -> str:
+    """A fresh key under the prefix for the test upload (opened and aborted at once)."""
+    return f"{location.prefix}{VALIDATION_KEY_DIR}/{uuid.uuid4().hex}"
 
-    Uses no permission beyond the seed policy, and the aborted upload leaves no object and
-    no open upload behind. botocore follows a wrong-region answer that names the region;
-    the region it ended up signing for is the bucket's.
-    """
-    key = f"{location.prefix}{VALIDATION_KEY_DIR}/{uuid.uuid4().hex}"
-    answered = AnsweredRegion(client)
-    try:
-        created = client.create_multipart_upload(Bucket=location.bucket, Key=key)
-    except Exception as exc:
-        return _validation_failure(classify(exc, "CreateMultipartUpload"), location)
-    region = answered.region or location.region
-    try:
-        abort_upload(client, location.bucket, key, str(created["UploadId"]))
-    except UploadError as exc:
-        return _validation_failure(exc, location)
+
+def validation_passed(location: BucketLocation, region: str) -> Validation:
+    """The verdict on a test upload the bucket accepted, answering from `region` (botocore
+    follows a wrong-region answer that names the region: where it ended up signing is the
+    bucket's region)."""
     mismatch = region_mismatch(location, region)
     if mismatch is not None:
         return Validation(False, "RegionMismatch", mismatch, region)
@@ -374,7 +361,8 @@ def validate_bucket(client: S3Client, location: BucketLocation) -> Validation:
     )
 
 
-def _validation_failure(error: UploadError, location: BucketLocation) -> Validation:
+def validation_failure(error: UploadError, location: BucketLocation) -> Validation:
+    """The verdict on a test upload the bucket refused or never answered."""
     if error.s3_code in REGION_HINT_CODES:
         form = "" if location.endpoint_url else " (https://BUCKET.s3.REGION.amazonaws.com/...)"
         return Validation(

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voicevault.contract import BatchItem, BatchOutcome, BatchSpec, ErrorCode, ItemResult
 from voicevault.uploader import envelope
-from voicevault.uploader.batchspec import BatchItem, BatchOutcome, BatchSpec, ItemResult
 from voicevault.uploader.bucketurl import parse_bucket_url
-from voicevault.uploader.errors import ErrorCode, UploadError, classify, fatal, transient
+from voicevault.uploader.errors import UploadError, classify, fatal, transient
 from voicevault.uploader.media import (
     MediaPathError,
     content_type_for,
@@ -36,12 +36,12 @@ from voicevault.uploader.media import (
 )
 from voicevault.uploader.metadata_store import store_metadata
 from voicevault.uploader.recordingstatus import StatusReporter
+from voicevault.uploader.s3calls import abort_open_uploads
 from voicevault.uploader.state import StateStore
 from voicevault.uploader.transfer import (
     EncryptionKey,
     TransferConfig,
     UploadRequest,
-    abort_open_uploads,
     upload,
 )
 

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from voicevault import logs
-from voicevault.uploader.batch import BatchSettings, run_batch
-from voicevault.uploader.batchspec import (
+from voicevault.contract import (
     BATCH_FILE,
     BatchItem,
     BatchOutcome,
     BatchSpec,
     CredentialFile,
 )
+from voicevault.uploader.batch import BatchSettings, run_batch
 from voicevault.uploader.bucketurl import parse_bucket_url
 from voicevault.uploader.recordingstatus import KubeStatusReporter
 from voicevault.uploader.s3client import AwsKeys, make_client

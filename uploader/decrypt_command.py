@@ -8,14 +8,13 @@ file that looks valid.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from voicevault.uploader import envelope
+from voicevault.uploader.atomicfile import replacing
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PASSWORD_ENV = "VOICEVAULT_KEY_PASSWORD"  # noqa: S105 - a variable name
@@ -103,15 +102,5 @@ def _size(path: Path) -> int:
 
 
 def _decrypt_to(src: Path, dst: Path, content_key: envelope.ContentKey, size: int) -> int:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent or Path("."), prefix=f".{dst.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            written = envelope.decrypt_stream(content_key, inp, out, size)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return written
+    with replacing(dst, prefix=f".{dst.name}.", suffix=".part") as out, src.open("rb") as inp:
+        return envelope.decrypt_stream(content_key, inp, out, size)

@@ -11,11 +11,8 @@ reuse them unchanged.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
-import re
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, ClassVar, Final
 
@@ -23,6 +20,14 @@ from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+
+from voicevault.contract import (
+    DETAILS_TYPE,
+    IV_SIZE,
+    DecryptionError,
+    EncryptionDetails,
+    strict_b64decode,
+)
 
 __all__ = [
     "DETAILS_TYPE",
@@ -46,27 +51,13 @@ __all__ = [
 
 MIN_RSA_KEY_BITS: Final = 2048
 KEY_SIZE: Final = 32
-IV_SIZE: Final = 12
 TAG_SIZE: Final = 16
-DETAILS_TYPE: Final = "rsa-aes"
-
-_SID_RE = re.compile(r"CR[0-9a-fA-F]{32}")
-# (canonical field, camelCase status key, snake_case Twilio key)
-_FIELDS = (
-    ("public_key_sid", "publicKeySid", "public_key_sid"),
-    ("encrypted_cek", "encryptedCek", "encrypted_cek"),
-    ("iv", "iv", "iv"),
-)
 
 
 class InvalidPublicKey(ValueError):  # noqa: N818 - the name is part of the agreed API
     """The customer's public key cannot be used to wrap content keys."""
 
     code: ClassVar[int] = 16104
-
-
-class DecryptionError(ValueError):
-    """An object cannot be opened: wrong key, tampered or truncated data, bad details."""
 
 
 def _oaep() -> padding.OAEP:
@@ -127,62 +118,6 @@ def new_content_key() -> ContentKey:
     return ContentKey(key=secrets.token_bytes(KEY_SIZE), iv=secrets.token_bytes(IV_SIZE))
 
 
-@dataclass(frozen=True)
-class EncryptionDetails:
-    """What a key holder needs besides the object: the key SID, wrapped CEK and IV."""
-
-    public_key_sid: str
-    encrypted_cek: str
-    iv: str
-
-    def to_status(self) -> dict[str, str]:
-        """Kubernetes camelCase form for the Recording status."""
-        return {"type": DETAILS_TYPE} | {camel: getattr(self, name) for name, camel, _ in _FIELDS}
-
-    def to_twilio(self) -> dict[str, str]:
-        """Twilio's snake_case form, for callbacks and Twilio-shaped documents."""
-        return {"type": DETAILS_TYPE} | {snake: getattr(self, name) for name, _, snake in _FIELDS}
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, object]) -> EncryptionDetails:
-        """Accept either form, as customers paste whichever they have at hand."""
-        kind = data.get("type")
-        if kind != DETAILS_TYPE:
-            raise DecryptionError(f"encryption details type must be {DETAILS_TYPE!r}")
-        values = {name: _pick(data, camel, snake) for name, camel, snake in _FIELDS}
-        if not _SID_RE.fullmatch(values["public_key_sid"]):
-            raise DecryptionError("publicKeySid must be 'CR' followed by 32 hex digits")
-        if not _b64decode(values["encrypted_cek"], "encryptedCek"):
-            raise DecryptionError("encryptedCek must not be empty")
-        if len(_b64decode(values["iv"], "iv")) != IV_SIZE:
-            raise DecryptionError(f"iv must decode to {IV_SIZE} bytes")
-        return cls(**values)
-
-
-def _pick(data: Mapping[str, object], camel: str, snake: str) -> str:
-    """One field from either spelling; both present must agree."""
-    found = [data[k] for k in dict.fromkeys((camel, snake)) if k in data]
-    if not found:
-        raise DecryptionError(f"encryption details lack {camel!r} (or {snake!r})")
-    if any(value != found[0] for value in found):
-        raise DecryptionError(f"encryption details give {camel!r} and {snake!r} different values")
-    value = found[0]
-    if not isinstance(value, str):
-        raise DecryptionError(f"{camel!r} must be a string")
-    return value
-
-
-def _b64decode(value: str, name: str) -> bytes:
-    """Canonical base64 only: stray characters or padding would hide a corrupted paste."""
-    try:
-        decoded = binascii.a2b_base64(value, strict_mode=True)
-    except (binascii.Error, ValueError):
-        decoded = None
-    if decoded is None or base64.b64encode(decoded).decode("ascii") != value:
-        raise DecryptionError(f"{name} is not valid base64")
-    return decoded
-
-
 def seal_content_key(public_key: rsa.RSAPublicKey, content_key: ContentKey) -> EncryptionDetails:
     """Wrap the CEK for the key holder alone; the result is safe to store and publish."""
     wrapped = public_key.encrypt(content_key.key, _oaep())
@@ -233,8 +168,8 @@ def open_content_key(
 ) -> ContentKey:
     """Unwrap the CEK with the customer's private key (the decrypt command's first step)."""
     private_key = _load_private_key(private_key_pem, password)
-    wrapped = _b64decode(details.encrypted_cek, "encryptedCek")
-    iv = _b64decode(details.iv, "iv")
+    wrapped = strict_b64decode(details.encrypted_cek, "encryptedCek")
+    iv = strict_b64decode(details.iv, "iv")
     try:
         key = private_key.decrypt(wrapped, _oaep())
     except ValueError:

@@ -11,7 +11,6 @@ import errno
 import os
 import socket
 from collections.abc import Mapping
-from enum import IntEnum, StrEnum
 from typing import Any
 
 from botocore.exceptions import (
@@ -26,22 +25,9 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
+from voicevault.contract import ErrorClass, ErrorCode
 from voicevault.uploader.bucketurl import is_aws_region
 from voicevault.uploader.envelope import InvalidPublicKey
-
-
-class ErrorClass(StrEnum):
-    TRANSIENT = "Transient"  # retry later: the configuration worked, the service did not
-    FATAL = "Fatal"  # never retried: the media is deleted at once (the seed's rule)
-
-
-class ErrorCode(IntEnum):
-    """Twilio's recording storage error codes, as the product brief maps them."""
-
-    UPLOAD_FAILED = 16111  # S3 upload failed / invalid configuration
-    ACCESS_DENIED = 16112  # the bucket refused the credentials
-    INVALID_PUBLIC_KEY = 16104  # encryption impossible: the public key is unusable
-    ENCRYPTION_FAILED = 16105  # encryption failed while processing the media
 
 
 class UploadError(Exception):

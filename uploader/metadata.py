@@ -26,9 +26,9 @@ from voicevault.crds.recording import (
     RecordingSpec,
     StorageSnapshot,
 )
-from voicevault.uploader.envelope import EncryptionDetails
 
 if TYPE_CHECKING:
+    from voicevault.contract import EncryptionDetails
     from voicevault.crds.voicestoragesetting import VoiceStorageSettingSpec
 
 SCHEMA_ID = "https://voicevault.io/schemas/recording-metadata/v1.json"

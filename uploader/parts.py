@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from voicevault.contract import ErrorCode
 from voicevault.uploader.envelope import TAG_SIZE, ContentKey, StreamEncryptor, encrypted_size
-from voicevault.uploader.errors import ErrorCode, fatal
+from voicevault.uploader.errors import fatal
 
 MIB = 1 << 20
 TIB = 1 << 40

@@ -1,12 +1,28 @@
-"""Progress for people: bytes, rate and ETA on a terminal; nothing when not a terminal."""
+"""Upload progress: what an upload reports to, and the display for people (bytes, rate and
+ETA on a terminal; nothing when not a terminal)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import TextIO
+from typing import Protocol, TextIO
 
-from voicevault.uploader.transfer import NoProgress, Progress
+
+class Progress(Protocol):
+    """Receives progress; `advance` may be called from worker threads."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, done: int) -> None: ...
+
+
+class NoProgress:
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, done: int) -> None:
+        pass
+
 
 MIB = 1 << 20
 

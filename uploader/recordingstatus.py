@@ -18,11 +18,10 @@ from typing import Any, Protocol
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from voicevault import API_GROUP, API_VERSION
-from voicevault.crds.recording import PLURAL, Phase, Reason
-from voicevault.operator.conditions import condition, merge_conditions, parse_time
-from voicevault.uploader.batchspec import BatchItem
-from voicevault.uploader.errors import UploadError, failed_summary
+from voicevault import API_GROUP, API_VERSION, phases
+from voicevault.contract import BatchItem
+from voicevault.crds.recording import PLURAL
+from voicevault.uploader.errors import UploadError
 from voicevault.uploader.transfer import UploadResult
 
 log = logging.getLogger("voicevault.uploader.status")
@@ -46,107 +45,48 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-TERMINAL = (Phase.COMPLETED.value, Phase.FAILED.value)
-
-
 def completed_patch(result: UploadResult, status: dict[str, Any], at: str) -> dict[str, Any] | None:
-    """None when the status already says so: a write whose answer was lost and that is
-    retried must not write the outcome a second time (with a new completionTime)."""
-    if status.get("phase") in TERMINAL:
-        return None
-    upload = dict(status.get("upload") or {})
-    upload.update({"bytesSent": result.size, "bytesTotal": result.size})
-    extra: dict[str, Any] = {}
-    if result.metadata_url:
-        stored = condition(
-            METADATA_CONDITION,
-            True,
-            "MetadataStored",
-            f"metadata document stored at {result.metadata_url}",
-            _parse(at),
-        )
-        extra = {
-            "metadataUrl": result.metadata_url,
-            "conditions": merge_conditions(status.get("conditions") or [], [stored]),
-        }
-    return extra | {
-        "phase": Phase.COMPLETED.value,
-        "reason": None,
-        "message": "Stored in the bucket"
-        + (" with its metadata document" if result.metadata_url else "")
-        + "; local media deleted",
-        "mediaUrl": result.media_url,
-        "size": result.source_size,
-        "encryptionDetails": result.encryption.to_status() if result.encryption else None,
-        "completionTime": at,
-        "upload": upload,
-        "errorCode": None,
-        "errorClass": None,
-        "errorMessage": None,
-        "nextRetryTime": None,
-    }
+    """`phases.completed` for an upload's result."""
+    return phases.completed(
+        status,
+        media_url=result.media_url,
+        stored=result.size,
+        source_size=result.source_size,
+        encryption=result.encryption.to_status() if result.encryption else None,
+        metadata_url=result.metadata_url,
+        at=at,
+    )
 
 
 def failed_patch(
     error: UploadError, status: dict[str, Any], at: str, *, media_deleted: bool
 ) -> dict[str, Any] | None:
-    if status.get("phase") in TERMINAL:
-        return None
-    return {
-        "phase": Phase.FAILED.value,
-        "reason": Reason.FATAL_ERROR.value,
-        "message": failed_summary(int(error.code), media_deleted=media_deleted),
-        "errorCode": int(error.code),
-        "errorClass": error.error_class.value,
-        "errorMessage": error.message[:1024],
-        "firstFailureTime": status.get("firstFailureTime") or at,
-        "lastFailureTime": at,
-        "nextRetryTime": None,
-    }
-
-
-METADATA_CONDITION = "MetadataStored"
+    """`phases.failed` for an upload's fatal error."""
+    return phases.failed(
+        status,
+        code=int(error.code),
+        error_class=error.error_class.value,
+        message=error.message,
+        media_deleted=media_deleted,
+        at=at,
+    )
 
 
 def metadata_pending_patch(
     result: UploadResult, error: UploadError, url: str, status: dict[str, Any], at: str
 ) -> dict[str, Any] | None:
-    """The media URL (it is stored) and a MetadataStored=False condition saying why not."""
-    if status.get("phase") in TERMINAL:
-        return None
-    if error.fatal:
-        reason, then = "MetadataFailed", "not retried"
-    else:
-        reason, then = "MetadataPending", "written on the next attempt"
-    pending = condition(
-        METADATA_CONDITION,
-        False,
-        reason,
-        f"metadata document {url} not stored ({then}): error {int(error.code)}: {error.message}"[
-            :1024
-        ],
-        _parse(at),
+    """`phases.metadata_pending` for a stored media whose metadata document is not."""
+    return phases.metadata_pending(
+        status,
+        media_url=result.media_url,
+        source_size=result.source_size,
+        encryption=result.encryption.to_status() if result.encryption else None,
+        metadata_url=url,
+        fatal=error.fatal,
+        code=int(error.code),
+        message=error.message,
+        at=at,
     )
-    return {
-        "mediaUrl": result.media_url,
-        "size": result.source_size,
-        "encryptionDetails": result.encryption.to_status() if result.encryption else None,
-        "conditions": merge_conditions(status.get("conditions") or [], [pending]),
-    }
-
-
-def _parse(at: str) -> datetime:
-    return parse_time(at) or datetime.now(UTC)
-
-
-def progress_patch(sent: int, total: int, status: dict[str, Any], at: str) -> dict[str, Any] | None:
-    """None once the outcome is written: progress never moves a finished recording back."""
-    if status.get("phase") in TERMINAL:
-        return None
-    upload = dict(status.get("upload") or {})
-    upload.setdefault("startedAt", at)
-    upload.update({"bytesSent": sent, "bytesTotal": total})
-    return {"phase": Phase.UPLOADING.value, "reason": None, "upload": upload}
 
 
 class KubeStatusReporter:
@@ -167,7 +107,7 @@ class KubeStatusReporter:
         self.requests = 0
 
     def progress(self, item: BatchItem, sent: int, total: int) -> bool:
-        return self._write(item, lambda s: progress_patch(sent, total, s, now_iso()), retry=False)
+        return self._write(item, lambda s: phases.uploading(s, sent, total, now_iso()), retry=False)
 
     def completed(self, item: BatchItem, result: UploadResult) -> bool:
         return self._write(item, lambda s: completed_patch(result, s, now_iso()))

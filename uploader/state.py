@@ -11,12 +11,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from voicevault.uploader.atomicfile import replacing
 
 STATE_VERSION = 1
 
@@ -143,18 +143,8 @@ class StateStore:
         """Atomically replace the state file (write, fsync, rename), owner-only."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = self.path(upload_name)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(state.to_json())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with replacing(target, prefix=".tmp-", suffix=".json", mode=0o600) as handle:
+            handle.write(state.to_json().encode("utf-8"))
 
     def wipe(self, upload_name: str) -> None:
         """Remove the state file (and with it the content key)."""

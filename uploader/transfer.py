@@ -21,16 +21,16 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from voicevault.contract import ErrorCode
 from voicevault.uploader import envelope
 from voicevault.uploader.bucketurl import BucketLocation
 from voicevault.uploader.errors import (
     CHECKSUM_MISMATCH_CODES,
-    ErrorCode,
     UploadError,
     classify,
     fatal,
@@ -47,6 +47,8 @@ from voicevault.uploader.parts import (
     part_count,
     part_length,
 )
+from voicevault.uploader.progress import NoProgress, Progress
+from voicevault.uploader.s3calls import abort_upload, open_upload_ids
 from voicevault.uploader.state import (
     EncryptionState,
     SourceFingerprint,
@@ -130,22 +132,6 @@ class UploadResult:
         if self.metadata_url:
             out |= {"metadataUrl": self.metadata_url, "sha256": self.sha256}
         return out
-
-
-class Progress(Protocol):
-    """Receives progress; `advance` may be called from worker threads."""
-
-    def start(self, total: int) -> None: ...
-
-    def advance(self, done: int) -> None: ...
-
-
-class NoProgress:
-    def start(self, total: int) -> None:
-        pass
-
-    def advance(self, done: int) -> None:
-        pass
 
 
 @dataclass
@@ -661,40 +647,6 @@ class _Multipart:
             self.progress.advance(len(body))
         finally:
             release()
-
-
-def open_upload_ids(client: S3Client, bucket: str, key: str) -> set[str]:
-    """Upload ids of the open multipart uploads of exactly `key` (ListMultipartUploads)."""
-    found: set[str] = set()
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
-    while True:
-        try:
-            page = client.list_multipart_uploads(**kwargs)
-        except Exception as exc:
-            raise classify(exc, "ListMultipartUploads") from None
-        found.update(u["UploadId"] for u in page.get("Uploads", []) if u["Key"] == key)
-        if not page.get("IsTruncated"):
-            return found
-        kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
-        kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
-
-
-def abort_upload(client: S3Client, bucket: str, key: str, upload_id: str) -> None:
-    """AbortMultipartUpload; an upload that is already gone counts as aborted."""
-    try:
-        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-    except Exception as exc:
-        error = classify(exc, "AbortMultipartUpload")
-        if error.s3_code != "NoSuchUpload":
-            raise error from None
-
-
-def abort_open_uploads(client: S3Client, bucket: str, key: str) -> int:
-    """Abort every open multipart upload of `key`; returns how many there were."""
-    ids = open_upload_ids(client, bucket, key)
-    for upload_id in ids:
-        abort_upload(client, bucket, key, upload_id)
-    return len(ids)
 
 
 class _Body:

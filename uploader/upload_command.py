@@ -16,9 +16,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from voicevault.contract import ErrorClass, ErrorCode
 from voicevault.uploader import envelope
 from voicevault.uploader.bucketurl import BucketUrlError, parse_bucket_url
-from voicevault.uploader.errors import ErrorClass, ErrorCode, UploadError, fatal
+from voicevault.uploader.errors import UploadError, fatal
 from voicevault.uploader.media import content_type_for
 from voicevault.uploader.metadata import MetadataTarget, RecordingFacts, metadata_object_key
 from voicevault.uploader.metadata_store import store_metadata

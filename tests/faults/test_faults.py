@@ -47,6 +47,22 @@ def _wait_settled(stack: Stack, namespace: str, names: list[str], timeout: float
     )
 
 
+def _settled_clean(
+    stack: Stack,
+    account: Account,
+    data: dict[str, bytes],
+    node_of: dict[str, str],
+    phases: dict[str, int] | None = None,
+) -> invariants.Outcome:
+    """Every recording settles, nothing is lost, corrupt or left open, and they end in
+    `phases` (default: all Completed)."""
+    _wait_settled(stack, account.namespace, list(data))
+    outcome = invariants.check(stack, account, data, node_of)
+    outcome.assert_clean()
+    assert outcome.phases == (phases or {"Completed": len(data)})
+    return outcome
+
+
 @pytest.fixture
 def kubelet_restored(live_stack: Stack) -> Iterator[Stack]:
     """Puts a fresh stand-in kubelet back if a test took it away."""
@@ -69,10 +85,7 @@ def test_apiserver_restarts_while_uploads_run(
         live_stack.cp.restart_apiserver()
         ledger.add("apiserver restart")
     proxy.clear_rules()
-    _wait_settled(live_stack, account.namespace, list(data))
-    outcome = invariants.check(live_stack, account, data, node_of)
-    outcome.assert_clean()
-    assert outcome.phases == {"Completed": len(data)}
+    _settled_clean(live_stack, account, data, node_of)
     ledger.recordings = len(data)
 
 
@@ -117,9 +130,7 @@ def test_conflicting_writes_on_recordings(live_stack: Stack, ledger: FaultLedger
     ledger.add("409 conflicts met by operator and uploaders", int(conflicts))
     ledger.add("conflicting writes", writes)
     assert conflicts > 0, "the meddling produced real conflicts"
-    outcome = invariants.check(live_stack, account, data, node_of)
-    outcome.assert_clean()
-    assert outcome.phases == {"Completed": len(data)}
+    _settled_clean(live_stack, account, data, node_of)
     ledger.recordings = len(data)
 
 
@@ -148,10 +159,7 @@ def test_operator_sigkilled_at_random_points(
         ledger.add("operator SIGKILL")
         live_stack.operator.start()
     proxy.clear_rules()
-    _wait_settled(live_stack, account.namespace, list(data))
-    outcome = invariants.check(live_stack, account, data, node_of)
-    outcome.assert_clean()
-    assert outcome.phases == {"Completed": len(data)}
+    _settled_clean(live_stack, account, data, node_of)
     ledger.recordings = len(data)
 
 
@@ -166,10 +174,7 @@ def test_uploader_pods_killed_repeatedly(
         killed = kill_leftovers(live_stack.kubelet.root)
         ledger.add("uploader pod killed", len(killed))
     proxy.clear_rules()
-    _wait_settled(live_stack, account.namespace, list(data))
-    outcome = invariants.check(live_stack, account, data, node_of)
-    outcome.assert_clean()
-    assert outcome.phases == {"Completed": len(data)}
+    _settled_clean(live_stack, account, data, node_of)
     ledger.recordings = len(data)
 
 
@@ -198,12 +203,9 @@ def test_s3_storms_resets_and_an_outage(
         what="a failure during the outage",
     )
     proxy.resume()
-    _wait_settled(live_stack, account.namespace, list(data))
+    _settled_clean(live_stack, account, data, node_of)
     for kind, count in proxy.stats().faults_injected.items():
         ledger.add(f"S3 {kind}", count)
-    outcome = invariants.check(live_stack, account, data, node_of)
-    outcome.assert_clean()
-    assert outcome.phases == {"Completed": len(data)}
     ledger.recordings = len(data)
 
 

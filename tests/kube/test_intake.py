@@ -1,7 +1,7 @@
 """The Recording intake under a backlog, against a real apiserver.
 
 Past `INTAKE_BODIES` waiting events, a new recording is queued by name only and read again
-when its turn comes. These tests drive the Controller's intake directly (no operator
+when its turn comes. These tests drive the recordings controller's intake directly (no operator
 process): what is queued, and what a re-read returns when the object is there, gone, or
 replaced by another of the same name; and that a deleted recording leaves no state behind.
 """
@@ -18,7 +18,7 @@ from kubernetes import client as k8s
 from tests.support import samples
 from tests.support.kube import create
 from voicevault import API_GROUP, API_VERSION
-from voicevault.operator import controller as controller_module
+from voicevault.operator import recordingcontroller
 from voicevault.operator.config import OperatorConfig
 from voicevault.operator.controller import Controller
 from voicevault.operator.kube import Kube
@@ -30,13 +30,13 @@ pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("crds")]
 def controller(kube_api: Any) -> Iterator[Controller]:
     kube = Kube(kube_api)  # the session's admin client: not closed here
     yield Controller(kube, OperatorConfig())
-    kube._pool.shutdown(wait=False)
+    kube.close(client=False)
 
 
 def test_a_backlog_queues_new_recordings_by_name_and_keeps_bodies_of_work_in_flight(
     controller: Controller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(controller_module, "INTAKE_BODIES", 1)
+    monkeypatch.setattr(recordingcontroller, "INTAKE_BODIES", 1)
     first = {"metadata": {"name": "a", "namespace": "ns", "uid": "u-a"}, "spec": {"x": 1}}
     new = {"metadata": {"name": "b", "namespace": "ns", "uid": "u-b", "labels": {}}, "spec": {}}
     busy = {
@@ -44,10 +44,10 @@ def test_a_backlog_queues_new_recordings_by_name_and_keeps_bodies_of_work_in_fli
         "status": {"phase": "Pending"},
     }
     for body in (first, new, busy):
-        controller.submit_recording(body)
+        controller.recordings.submit(body)
 
     async def drain() -> list[tuple[str, Any]]:
-        return [await controller.intake.get() for _ in range(3)]
+        return [await controller.recordings.intake.get() for _ in range(3)]
 
     got = dict(asyncio.run(drain()))
     assert got["u-c"] == ("event", busy)  # in flight: its body, and it went first
@@ -62,7 +62,7 @@ def test_a_reread_returns_the_current_slim_object_or_nothing_when_gone_or_replac
     meta = created["metadata"]
     ref = {"metadata": {"namespace": namespace, "name": "call-1", "uid": meta["uid"]}}
 
-    current = asyncio.run(controller._reread(ref))
+    current = asyncio.run(controller.recordings.reread(ref))
     assert current is not None
     assert current["metadata"]["uid"] == meta["uid"]
     assert current["spec"]["mediaPath"] == "2026/11/call-1.wav"
@@ -70,10 +70,12 @@ def test_a_reread_returns_the_current_slim_object_or_nothing_when_gone_or_replac
 
     api = k8s.CustomObjectsApi(kube_api)
     api.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "recordings", "call-1")
-    assert asyncio.run(controller._reread(ref)) is None  # gone: its DELETED event forgets it
+    assert (
+        asyncio.run(controller.recordings.reread(ref)) is None
+    )  # gone: its DELETED event forgets it
 
     create(kube_api, "recordings", namespace, samples.recording("call-1"))
-    assert asyncio.run(controller._reread(ref)) is None  # same name, another object
+    assert asyncio.run(controller.recordings.reread(ref)) is None  # same name, another object
 
 
 def test_a_deleted_recording_leaves_nothing_behind_in_the_controller(
@@ -83,11 +85,11 @@ def test_a_deleted_recording_leaves_nothing_behind_in_the_controller(
     that deletes stored recordings would see it as a leak)."""
     created = create(kube_api, "recordings", namespace, samples.recording("call-1"))
     uid = created["metadata"]["uid"]
-    asyncio.run(controller.on_recording(created))  # no setting here: the phase is Local
-    assert uid in controller.accepted and uid in controller.phases
+    asyncio.run(controller.recordings.on_recording(created))  # no setting here: the phase is Local
+    assert uid in controller.recordings.accepted and uid in controller.recordings.phases
 
-    controller.forget_recording(created)  # its DELETED event
-    assert uid not in controller.accepted
-    assert uid not in controller.phases
-    assert all(uid not in waiting for waiting in controller.waiting.values())
+    controller.recordings.forget(created)  # its DELETED event
+    assert uid not in controller.recordings.accepted
+    assert uid not in controller.recordings.phases
+    assert all(uid not in waiting for waiting in controller.recordings.waiting.values())
     assert controller.probe()["recordings"] == 0

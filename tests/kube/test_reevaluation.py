@@ -42,7 +42,7 @@ class _Clock:
 def controller(kube_api: Any) -> Iterator[Controller]:
     kube = Kube(kube_api)  # the session's admin client: not closed here
     yield Controller(kube, OperatorConfig(), clock=_Clock())
-    kube._pool.shutdown(wait=False)
+    kube.close(client=False)
 
 
 def _credential(kube_api: Any, namespace: str) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def test_a_secret_event_after_the_credential_was_evaluated_writes_nothing(
     created = _credential(kube_api, namespace)
 
     async def credential_then_its_secret() -> None:
-        await controller.on_credential(created, refresh_settings=False)
+        await controller.credentials.on_credential(created, refresh_settings=False)
         await controller.on_secret(namespace, "keys")  # the Secret's late watch event
 
     asyncio.run(credential_then_its_secret())

@@ -43,7 +43,7 @@ def big_secret(core: k8s.CoreV1Api, namespace: str, name: str) -> None:
 
 
 def received() -> float:
-    return float(metrics.SECRET_WATCH_BYTES._value.get())
+    return metrics.sample("voicevault_secret_watch_bytes_total")
 
 
 @pytest.fixture

@@ -19,15 +19,15 @@ from tests.bed.s3_common import S3Account, S3Server
 from tests.support.cli import ACCOUNT_SID
 from tests.support.keys import key_pair
 from voicevault import logs
-from voicevault.uploader import batch_command
-from voicevault.uploader.batch import BatchSettings, run_batch
-from voicevault.uploader.batchspec import (
+from voicevault.contract import (
     BATCH_FILE,
     BatchItem,
     BatchOutcome,
     BatchSpec,
     CredentialFile,
 )
+from voicevault.uploader import batch_command
+from voicevault.uploader.batch import BatchSettings, run_batch
 from voicevault.uploader.bucketurl import parse_bucket_url
 from voicevault.uploader.errors import UploadError
 from voicevault.uploader.parts import MAX_OBJECT_SIZE

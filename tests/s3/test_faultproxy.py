@@ -37,6 +37,7 @@ from tests.bed.faultproxy import (
     Rule,
     s3_operation,
 )
+from tests.support.kube import wait_for
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -347,7 +348,13 @@ def test_stop_closes_open_connections(moto_url: str) -> None:
     proxy.add_rule(Rule(Blackhole()))
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
         sock.sendall(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
-        time.sleep(0.1)  # let the proxy take the request in before stopping
+        # the proxy has taken the request in (and holds it) before it stops
+        wait_for(
+            lambda: [r for r in proxy.requests if r.path == "/x" and r.fault == "Blackhole"],
+            timeout=10,
+            interval=0.01,
+            what="the proxy to accept the request",
+        )
         proxy.stop()
         with contextlib.suppress(ConnectionResetError):  # FIN or RST, both are fine
             assert sock.recv(10) == b""

@@ -140,8 +140,8 @@ def test_batch_outcome_counts_the_resent_part(minio_s3: S3Server, tmp_path: Path
     import threading
 
     from tests.bed.fixtures import unique_name
+    from voicevault.contract import BatchItem, BatchSpec
     from voicevault.uploader.batch import BatchSettings, run_batch
-    from voicevault.uploader.batchspec import BatchItem, BatchSpec
 
     account = minio_s3.add_bucket(unique_name("batchresend"), "calls/")
     (tmp_path / "ns").mkdir()

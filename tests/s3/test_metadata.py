@@ -24,7 +24,7 @@ from tests.support.cli import ACCOUNT_SID, aws_env, run, upload_args, voicevault
 from tests.support.keys import key_pair
 from tests.support.samples import CALL_SID
 from tests.unit.test_metadata_document import assert_valid
-from voicevault.uploader.batchspec import BatchItem
+from voicevault.contract import BatchItem
 from voicevault.uploader.metadata import MetadataTarget, RecordingFacts, metadata_object_key
 from voicevault.uploader.state import StateStore
 

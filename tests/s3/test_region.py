@@ -22,9 +22,10 @@ from tests.bed.s3_common import S3Account
 from tests.bed.s3_minio import MinioS3
 from tests.bed.s3_moto import MotoS3
 from tests.support.cli import ACCOUNT_SID
+from voicevault.contract import BatchItem, BatchSpec
 from voicevault.operator import settings
+from voicevault.operator.settingcontroller import validate_bucket
 from voicevault.uploader.batch import BatchSettings, run_batch
-from voicevault.uploader.batchspec import BatchItem, BatchSpec
 from voicevault.uploader.bucketurl import BucketLocation, parse_bucket_url
 from voicevault.uploader.errors import UploadError
 from voicevault.uploader.s3client import AwsKeys, make_client
@@ -137,7 +138,7 @@ def test_validation_finds_the_region_of_a_region_less_url(
     location = parse_bucket_url(_url(account))
     assert location.region == "us-east-1" and location.named_region is None
 
-    verdict = settings.validate_bucket(make_client(location, _keys(account)), location)
+    verdict = validate_bucket(make_client(location, _keys(account)), location)
 
     assert verdict.ok, verdict.message
     assert verdict.region == HOME
@@ -158,7 +159,7 @@ def test_a_named_region_the_bucket_contradicts_is_refused(
 ) -> None:
     location = parse_bucket_url(_url(account, STALE))
 
-    verdict = settings.validate_bucket(make_client(location, _keys(account)), location)
+    verdict = validate_bucket(make_client(location, _keys(account)), location)
 
     assert not verdict.ok
     assert verdict.reason == "RegionMismatch"
@@ -174,7 +175,7 @@ def test_a_region_override_the_bucket_contradicts_is_refused(
 ) -> None:
     location = parse_bucket_url(_url(account), region=STALE)
 
-    verdict = settings.validate_bucket(make_client(location, _keys(account)), location)
+    verdict = validate_bucket(make_client(location, _keys(account)), location)
 
     assert (verdict.ok, verdict.reason) == (False, "RegionMismatch")
 
@@ -268,7 +269,7 @@ def test_a_hint_without_region_refuses_the_setting_and_keeps_the_media(
 ) -> None:
     location = parse_bucket_url(_url(account))
 
-    verdict = settings.validate_bucket(make_client(location, _keys(account)), location)
+    verdict = validate_bucket(make_client(location, _keys(account)), location)
 
     assert (verdict.ok, verdict.reason) == (False, "RegionUnknown")
     assert "could not be found" in verdict.message and "bucketUrl" in verdict.message
@@ -340,7 +341,7 @@ def test_minio_validation_finds_its_region_and_uploads_sign_for_it(
     location = parse_bucket_url(url, endpoint_url=endpoint)
     assert location.region == "us-east-1" and location.named_region is None
 
-    verdict = settings.validate_bucket(make_client(location, _keys(account)), location)
+    verdict = validate_bucket(make_client(location, _keys(account)), location)
 
     assert verdict.ok, verdict.message
     assert verdict.region == ONPREM

@@ -26,8 +26,8 @@ def test_stop_waits_for_settlements_under_way_and_cancels_them_past_the_bound() 
                 ended.append(f"{name} cancelled")
                 raise
 
-        ctl._spawn(settlement("quick", 0.2))
-        ctl._spawn(settlement("stuck", 30))
+        ctl.background.spawn(settlement("quick", 0.2))
+        ctl.background.spawn(settlement("stuck", 30))
         loop = asyncio.get_running_loop()
         began = loop.time()
         await ctl.stop(drain=1.0)

@@ -15,11 +15,10 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from voicevault.contract import ErrorClass, ErrorCode
 from voicevault.uploader.envelope import InvalidPublicKey
 from voicevault.uploader.errors import (
     CHECKSUM_MISMATCH_CODES,
-    ErrorClass,
-    ErrorCode,
     UploadError,
     classify,
     fatal,

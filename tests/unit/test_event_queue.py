@@ -9,15 +9,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from voicevault.operator import controller as controller_module
-from voicevault.operator import metrics
-from voicevault.operator.config import OperatorConfig
-from voicevault.operator.controller import Controller
-from voicevault.operator.recordings import Event
+from voicevault.operator import eventposter, metrics
+from voicevault.operator.eventposter import EventPoster, QueuedEvent
+from voicevault.phases import Event
 
 
 def dropped(type_: str) -> float:
-    return metrics.EVENTS_DROPPED.labels(type=type_)._value.get()  # type: ignore[no-any-return]
+    return metrics.sample("voicevault_events_dropped_total", type=type_)
 
 
 def body(i: int) -> dict[str, Any]:
@@ -36,22 +34,32 @@ def body(i: int) -> dict[str, Any]:
 
 def test_normal_events_give_way_to_warnings_and_the_queue_holds_no_bodies() -> None:
     async def main() -> None:
-        ctl = Controller(kube=None, config=OperatorConfig())  # type: ignore[arg-type]
+        poster = EventPoster(kube=None)  # type: ignore[arg-type]
         normal, warning = dropped("Normal"), dropped("Warning")
-        for i in range(controller_module.EVENT_QUEUE_NORMAL):
-            await ctl.post_event(body(i), Event("Normal", "Accepted", "queued"))
-        await ctl.post_event(body(-1), Event("Normal", "Accepted", "queued"))
+        for i in range(eventposter.QUEUE_NORMAL):
+            await poster.post(body(i), Event("Normal", "Accepted", "queued"))
+        await poster.post(body(-1), Event("Normal", "Accepted", "queued"))
         assert dropped("Normal") == normal + 1
-        room = controller_module.EVENT_QUEUE - controller_module.EVENT_QUEUE_NORMAL
+        room = eventposter.QUEUE - eventposter.QUEUE_NORMAL
         for i in range(room):
-            await ctl.post_event(body(i), Event("Warning", "Cached", "kept on its node"))
+            await poster.post(body(i), Event("Warning", "Cached", "kept on its node"))
         assert dropped("Warning") == warning
-        await ctl.post_event(body(-2), Event("Warning", "Cached", "kept on its node"))
+        await poster.post(body(-2), Event("Warning", "Cached", "kept on its node"))
         assert dropped("Warning") == warning + 1
-        ref, kind, type_, reason, message = ctl._events.get_nowait()
-        assert ref == {
-            "metadata": {"name": "r0", "namespace": "acme", "uid": "uid-0", "resourceVersion": "0"}
-        }
-        assert (kind, type_, reason, message) == ("Recording", "Normal", "Accepted", "queued")
+        assert len(poster) == eventposter.QUEUE
+        assert poster.next_queued() == QueuedEvent(
+            {
+                "metadata": {
+                    "name": "r0",
+                    "namespace": "acme",
+                    "uid": "uid-0",
+                    "resourceVersion": "0",
+                }
+            },
+            "Recording",
+            "Normal",
+            "Accepted",
+            "queued",
+        )
 
     asyncio.run(main())

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from voicevault.operator.recordings import fatal_failure
+from voicevault.contract import ErrorCode
+from voicevault.phases import fatal_failure
 from voicevault.uploader.bucketurl import parse_bucket_url
-from voicevault.uploader.errors import ErrorCode, UploadError, fatal
+from voicevault.uploader.errors import UploadError, fatal
 from voicevault.uploader.recordingstatus import failed_patch
 from voicevault.uploader.transfer import UploadRequest, upload
 

@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import samples
 from tests.unit.test_recording_rules import _setting
+from voicevault.contract import ErrorCode
 from voicevault.crds.recording import RecordingSpec, StorageSnapshot
 from voicevault.crds.voicestoragesetting import MetadataObject
 from voicevault.operator.admission import decide
@@ -21,7 +22,7 @@ from voicevault.operator.callbacks import callback_params
 from voicevault.operator.settings import SettingView
 from voicevault.operator.snapshot import take_snapshot
 from voicevault.uploader import envelope
-from voicevault.uploader.errors import ErrorCode, fatal, transient
+from voicevault.uploader.errors import fatal, transient
 from voicevault.uploader.metadata import (
     SCHEMA_ID,
     RecordingFacts,

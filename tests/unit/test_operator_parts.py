@@ -7,14 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.support import samples
-from voicevault.crds.recording import RecordingSpec, StorageSnapshot
-from voicevault.operator import credentials, pods, scheduler, settings
-from voicevault.operator.callbacks import callback_params
-from voicevault.operator.conditions import condition, merge_conditions
-from voicevault.operator.config import UploaderPodConfig
-from voicevault.operator.queues import NodeQueues, QueueEntry
-from voicevault.operator.settings import CredentialView
-from voicevault.uploader.batchspec import (
+from voicevault.contract import (
     TERMINATION_MESSAGE_LIMIT,
     BatchItem,
     BatchOutcome,
@@ -22,6 +15,13 @@ from voicevault.uploader.batchspec import (
     CredentialFile,
     ItemResult,
 )
+from voicevault.crds.recording import RecordingSpec, StorageSnapshot
+from voicevault.operator import credentials, pods, settings
+from voicevault.operator.callbacks import callback_params
+from voicevault.operator.conditions import condition, merge_conditions
+from voicevault.operator.config import UploaderPodConfig
+from voicevault.operator.queues import NodeQueues, QueueEntry
+from voicevault.operator.settings import CredentialView
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -321,23 +321,16 @@ def test_batch_item_round_trip() -> None:
 def test_each_batch_item_gets_its_own_namespaces_credentials() -> None:
     """Regression: with an entry dropped before the batch was built, another tenant's keys
     were once numbered into the first credential file."""
-    from voicevault.operator.config import OperatorConfig
-    from voicevault.operator.scheduler import Scheduler
-
-    async def unused(*_: object) -> None:
-        raise AssertionError("no I/O expected")
-
-    scheduler = Scheduler(None, OperatorConfig(), unused, unused)  # type: ignore[arg-type]
     a, b = _entry("a1", "n1", NOW), _entry("b1", "n1", NOW)
     b.namespace = "tenant-b"
     found = {
         ("ns", "c"): CredentialFile(access_key_id="KEY-OF-TENANT-A", secret_access_key="sa"),
         ("tenant-b", "c"): CredentialFile(access_key_id="KEY-OF-TENANT-B", secret_access_key="sb"),
     }
-    batch, files = scheduler._batch("p", "n1", [b], found)
+    batch, files = pods.batch_for("p", "n1", [b], found)
     assert [i.credential for i in batch.items] == ["credential-0.json"]
     assert files == {"credential-0.json": found[("tenant-b", "c")]}
-    both, files = scheduler._batch("p", "n1", [a, b], found)
+    both, files = pods.batch_for("p", "n1", [a, b], found)
     by_namespace = {i.namespace: files[i.credential].access_key_id for i in both.items}
     assert by_namespace == {"ns": "KEY-OF-TENANT-A", "tenant-b": "KEY-OF-TENANT-B"}
 
@@ -361,7 +354,7 @@ def _ended_pod(terminated: dict[str, Any], limit: str = "24Mi") -> dict[str, Any
 
 
 def test_an_oom_kill_names_the_memory_limit_and_the_chart_value() -> None:
-    _, why = scheduler._outcome(_ended_pod({"exitCode": 137, "reason": "OOMKilled"}), None)
+    _, why = pods.outcome(_ended_pod({"exitCode": 137, "reason": "OOMKilled"}), None)
     assert why is not None
     assert "more than its memory limit of 24Mi" in why
     assert "uploader.memoryLimit" in why
@@ -370,5 +363,5 @@ def test_an_oom_kill_names_the_memory_limit_and_the_chart_value() -> None:
 def test_a_pod_that_never_started_says_what_the_kubelet_waits_for() -> None:
     waiting = {"reason": "ErrImageNeverPull", "message": "image is not present"}
     pod = {"status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": waiting}}]}}
-    assert scheduler._waiting_reason(pod) == " (ErrImageNeverPull: image is not present)"
-    assert scheduler._waiting_reason({"status": {"phase": "Pending"}}) == ""
+    assert pods.waiting_reason(pod) == " (ErrImageNeverPull: image is not present)"
+    assert pods.waiting_reason({"status": {"phase": "Pending"}}) == ""

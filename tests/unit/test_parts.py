@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from voicevault.contract import ErrorClass
 from voicevault.uploader.envelope import TAG_SIZE
-from voicevault.uploader.errors import ErrorClass, UploadError
+from voicevault.uploader.errors import UploadError
 from voicevault.uploader.parts import (
     MAX_OBJECT_SIZE,
     MAX_PARTS,

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import io
 
-from voicevault.uploader.progress import TerminalProgress, for_stream, format_eta, render
-from voicevault.uploader.transfer import NoProgress
+from voicevault.uploader.progress import (
+    NoProgress,
+    TerminalProgress,
+    for_stream,
+    format_eta,
+    render,
+)
 
 MIB = 1 << 20
 

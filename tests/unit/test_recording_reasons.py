@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tests.unit.test_recording_rules import NOW, _accepted, _rec, _setting
-from voicevault.operator.recordings import fatal_failure, reconcile, requeued, transient_failure
+from voicevault.contract import ErrorCode
+from voicevault.operator.recordings import reconcile
 from voicevault.operator.settings import SettingView
-from voicevault.uploader.errors import ErrorCode, fatal
-from voicevault.uploader.recordingstatus import completed_patch, failed_patch, progress_patch
+from voicevault.phases import fatal_failure, requeued, transient_failure, uploading
+from voicevault.uploader.errors import fatal
+from voicevault.uploader.recordingstatus import completed_patch, failed_patch
 from voicevault.uploader.transfer import UploadResult
 
 NOT_READY = SettingView("acct", 1, None, None, None, False, "CredentialNotReady", "no Secret")
@@ -24,7 +26,7 @@ def test_pending_and_cached_say_why() -> None:
     assert _reason(_setting()) == ("Pending", "Queued")
     assert _reason(NOT_READY) == ("Pending", "SettingNotReady")
     assert _reason(NOT_READY, created=NOW - timedelta(hours=3)) == ("Cached", "SettingNotReady")
-    assert requeued("pod stopped")["reason"] == "Requeued"
+    assert requeued("pod stopped").status["reason"] == "Requeued"
     rec = _rec(_accepted() | {"attempts": 12})
     assert rec.snapshot is not None
     retrying, _ = transient_failure(
@@ -54,6 +56,6 @@ def test_local_and_failed_say_why() -> None:
 
 def test_phases_that_speak_for_themselves_clear_a_stale_reason() -> None:
     result = UploadResult(media_url="u", key="k", size=1, source_size=1, encryption=None)
-    completed, progress = completed_patch(result, {}, "t"), progress_patch(1, 2, {}, "t")
+    completed, progress = completed_patch(result, {}, "t"), uploading({}, 1, 2, "t")
     assert completed is not None and completed["reason"] is None
     assert progress is not None and progress["reason"] is None

@@ -1,4 +1,4 @@
-"""The Recording rules (operator/recordings.py): pure decisions, fixed clocks."""
+"""The Recording rules (operator/recordings.py, phases.py): pure decisions, fixed clocks."""
 
 from __future__ import annotations
 
@@ -11,13 +11,9 @@ import pytest
 from tests.support import samples
 from voicevault.crds.recording import FINALIZER, RETRY_ANNOTATION
 from voicevault.operator import settings
-from voicevault.operator.recordings import (
-    RecordingView,
-    reconcile,
-    settlement,
-    transient_failure,
-)
+from voicevault.operator.recordings import reconcile
 from voicevault.operator.settings import CredentialView, SettingView
+from voicevault.phases import RecordingView, settlement, transient_failure
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 UID = "0a1b2c3d-4e5f-6789-abcd-ef0123456789"
@@ -139,7 +135,7 @@ def test_setting_not_ready_waits_then_caches_after_the_window() -> None:
 
 def test_invalid_spec_fails_without_touching_media() -> None:
     rec = _rec()
-    broken = RecordingView(**{**rec.__dict__, "spec": {**rec.spec, "accountSid": "nope"}})
+    broken = dataclasses.replace(rec, spec={**rec.spec, "accountSid": "nope"})
     decision = reconcile(broken, _setting(), NOW)
     assert decision.status is not None and decision.status["phase"] == "Failed"
     assert "accountSid" in decision.status["errorMessage"]
@@ -245,7 +241,7 @@ def test_transient_failure_backs_off_then_caches_at_the_window_end() -> None:
     )
     assert patch["phase"] == "Retrying" and patch["firstFailureTime"] == "2026-11-25T12:00:00Z"
     assert patch["nextRetryTime"] == "2026-11-25T12:00:15Z", "half of the 30 s first backoff"
-    assert event.reason == "UploadFailed"
+    assert event is not None and event.reason == "UploadFailed"
     late = rec.status | patch | {"attempts": 12}
     patch2, event2 = transient_failure(
         late,
@@ -257,7 +253,8 @@ def test_transient_failure_backs_off_then_caches_at_the_window_end() -> None:
         jitter=0.5,
     )
     assert patch2["phase"] == "Cached" and patch2["nextRetryTime"] is None
-    assert "media kept on node n" in patch2["message"] and event2.reason == "Cached"
+    assert event2 is not None and event2.reason == "Cached"
+    assert "media kept on node n" in patch2["message"]
 
 
 def _completed_with_callback() -> dict[str, Any]:

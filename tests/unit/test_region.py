@@ -15,19 +15,14 @@ from botocore.exceptions import ClientError
 from tests.bed.faultproxy import AwsRegions, aws_target, wrong_region_answer
 from tests.support import samples
 from tests.unit.test_admission import request, setting
+from voicevault.contract import ErrorClass, ErrorCode
 from voicevault.crds.recording import RecordingSpec
 from voicevault.operator import settings
 from voicevault.operator.admission import decide
 from voicevault.operator.settings import CredentialView, SettingView
 from voicevault.operator.snapshot import take_snapshot
 from voicevault.uploader.bucketurl import parse_bucket_url, region_mismatch
-from voicevault.uploader.errors import (
-    REGION_HINT_CODES,
-    ErrorClass,
-    ErrorCode,
-    classify,
-    region_hint,
-)
+from voicevault.uploader.errors import REGION_HINT_CODES, classify, region_hint
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 NOW = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)

@@ -3,13 +3,21 @@
 The operator writes a `BatchSpec` (plus one credential file per AwsCredential) into a
 Secret it owns and mounts into the pod. The pod answers with a `BatchOutcome` in its
 termination message, so the operator learns every result even when a status patch
-failed or the API was unreachable. Both ends import this module; it does no I/O.
+failed or the API was unreachable. The error codes both ends speak and the encryption
+details the pod writes into the status are here too. Both ends import this module; it
+does no I/O.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from typing import Literal
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -164,3 +172,93 @@ def _decode_one(code: str, messages: list[str]) -> ItemResult | None:
         error_code=int(rest) if rest else None,
         message=messages[int(index)] if index else "",
     )
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class ErrorClass(StrEnum):
+    TRANSIENT = "Transient"  # retry later: the configuration worked, the service did not
+    FATAL = "Fatal"  # never retried: the media is deleted at once (the seed's rule)
+
+
+class ErrorCode(IntEnum):
+    """Twilio's recording storage error codes, as the product brief maps them."""
+
+    UPLOAD_FAILED = 16111  # S3 upload failed / invalid configuration
+    ACCESS_DENIED = 16112  # the bucket refused the credentials
+    INVALID_PUBLIC_KEY = 16104  # encryption impossible: the public key is unusable
+    ENCRYPTION_FAILED = 16105  # encryption failed while processing the media
+
+
+# -- encryption details ------------------------------------------------------------------------
+
+IV_SIZE: Final = 12
+DETAILS_TYPE: Final = "rsa-aes"
+_SID_RE = re.compile(r"CR[0-9a-fA-F]{32}")
+# (canonical field, camelCase status key, snake_case Twilio key)
+_FIELDS = (
+    ("public_key_sid", "publicKeySid", "public_key_sid"),
+    ("encrypted_cek", "encryptedCek", "encrypted_cek"),
+    ("iv", "iv", "iv"),
+)
+
+
+class DecryptionError(ValueError):
+    """An object cannot be opened: wrong key, tampered or truncated data, bad details."""
+
+
+@dataclass(frozen=True)
+class EncryptionDetails:
+    """What a key holder needs besides the object: the key SID, wrapped CEK and IV."""
+
+    public_key_sid: str
+    encrypted_cek: str
+    iv: str
+
+    def to_status(self) -> dict[str, str]:
+        """Kubernetes camelCase form for the Recording status."""
+        return {"type": DETAILS_TYPE} | {camel: getattr(self, name) for name, camel, _ in _FIELDS}
+
+    def to_twilio(self) -> dict[str, str]:
+        """Twilio's snake_case form, for callbacks and Twilio-shaped documents."""
+        return {"type": DETAILS_TYPE} | {snake: getattr(self, name) for name, _, snake in _FIELDS}
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, object]) -> EncryptionDetails:
+        """Accept either form, as customers paste whichever they have at hand."""
+        kind = data.get("type")
+        if kind != DETAILS_TYPE:
+            raise DecryptionError(f"encryption details type must be {DETAILS_TYPE!r}")
+        values = {name: _pick(data, camel, snake) for name, camel, snake in _FIELDS}
+        if not _SID_RE.fullmatch(values["public_key_sid"]):
+            raise DecryptionError("publicKeySid must be 'CR' followed by 32 hex digits")
+        if not strict_b64decode(values["encrypted_cek"], "encryptedCek"):
+            raise DecryptionError("encryptedCek must not be empty")
+        if len(strict_b64decode(values["iv"], "iv")) != IV_SIZE:
+            raise DecryptionError(f"iv must decode to {IV_SIZE} bytes")
+        return cls(**values)
+
+
+def _pick(data: Mapping[str, object], camel: str, snake: str) -> str:
+    """One field from either spelling; both present must agree."""
+    found = [data[k] for k in dict.fromkeys((camel, snake)) if k in data]
+    if not found:
+        raise DecryptionError(f"encryption details lack {camel!r} (or {snake!r})")
+    if any(value != found[0] for value in found):
+        raise DecryptionError(f"encryption details give {camel!r} and {snake!r} different values")
+    value = found[0]
+    if not isinstance(value, str):
+        raise DecryptionError(f"{camel!r} must be a string")
+    return value
+
+
+def strict_b64decode(value: str, name: str) -> bytes:
+    """Canonical base64 only: stray characters or padding would hide a corrupted paste."""
+    try:
+        decoded = binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError):
+        decoded = None
+    if decoded is None or base64.b64encode(decoded).decode("ascii") != value:
+        raise DecryptionError(f"{name} is not valid base64")
+    return decoded
