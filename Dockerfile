@@ -6,15 +6,21 @@
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-# --- builder: the project wheel, then wheels of all its dependencies -------------------
+# --- builder: the project wheel, then the locked wheels of its dependencies -----------
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY . .
+# Everything comes from the lock (requirements/, README "Reproducible installs"), each
+# file checked against its hash: the build backend, then the wheel built with it (no
+# isolated build fetching an unpinned setuptools), then the runtime wheels, never an sdist.
 # `src/voicevault/{operator,uploader,crds}` are symlinks into the top-level folders; the
 # build follows them, so the wheel holds voicevault.operator, .uploader and .crds.
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \
-    && pip wheel --no-cache-dir --wheel-dir /wheels /dist/voicevault-*.whl
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/build.txt \
+    && pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /dist . \
+    && pip download --no-cache-dir --require-hashes --no-deps --only-binary=:all: \
+       --dest /wheels -r requirements/runtime.txt \
+    && cp requirements/runtime.txt /dist/
 
 # --- final: the wheels installed, no sources, no build tools, no pip caches ------------
 FROM ${PYTHON_IMAGE}
@@ -28,10 +34,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MALLOC_ARENA_MAX=2
-# The wheels come in through a bind mount: they never become a layer of this image.
-# pip, setuptools and wheel go afterwards: nothing installs packages at run time.
+# The wheels come in through bind mounts: they never become a layer of this image. The
+# locked set is installed hash-checked and offline, then voicevault on top of it, and
+# `pip check` proves nothing is missing. pip, setuptools and wheel go afterwards:
+# nothing installs packages at run time.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/voicevault-*.whl \
+    --mount=type=bind,from=builder,source=/dist,target=/dist \
+    pip install --no-cache-dir --no-index --find-links=/wheels --require-hashes --no-deps \
+       -r /dist/runtime.txt \
+    && pip install --no-cache-dir --no-index --no-deps /dist/voicevault-*.whl \
+    && pip check \
     && pip uninstall --yes pip setuptools wheel \
     && voicevault --version
 # Numeric, so that Pod Security runAsNonRoot can verify it; the chart sets the same IDs.

@@ -242,8 +242,15 @@ def context_files(repo: Path = REPO) -> list[str]:
     return sorted(p for p in listed.split("\0") if p and not _ignored(p, patterns))
 
 
+# The lock files the Dockerfile installs from. They are in the key by name even if a
+# .dockerignore rule ever hid them from the context: a lock change rebuilds the image.
+IMAGE_LOCKS = ("requirements/build.txt", "requirements/runtime.txt")
+
+
 def project_key(base: Image, repo: Path = REPO) -> str:
     parts: list[bytes | str] = [base.archive.name, (repo / "Dockerfile").read_bytes()]
+    for rel in IMAGE_LOCKS:
+        parts += [rel, (repo / rel).read_bytes()]
     for rel in context_files(repo):
         path = repo / rel
         if path.is_symlink():

@@ -2,8 +2,9 @@
 
 The image is `pip wheel` of the build context, installed into a clean Python. That is
 reproduced here: the build context (the repository minus .dockerignore) is copied, the
-wheel is built exactly as the builder stage does, installed into a fresh virtualenv,
-pip/setuptools/wheel are removed as in the final stage, and the entry point is run.
+wheel is built exactly as the builder stage does, installed into a fresh virtualenv on
+top of the hash-checked runtime lock, pip/setuptools/wheel are removed as in the final
+stage, and the entry point is run. The image's cache key follows the lock.
 """
 
 from __future__ import annotations
@@ -20,11 +21,24 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.bed.images import IMAGE_LOCKS, Image, project_key
 from tests.helm.chart import Helm, find
 from tests.support.kube import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
-BUILDER_WHEEL = "pip wheel --no-cache-dir --no-deps --wheel-dir /dist ."
+BUILDER_WHEEL = "pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /dist ."
+# each stage installs from the lock, hash-checked (requirements/, README)
+BUILDER_LOCKED = (
+    "pip install --no-cache-dir --require-hashes --no-deps -r requirements/build.txt",
+    "--require-hashes --no-deps --only-binary=:all:",
+    "-r requirements/runtime.txt",
+)
+FINAL_LOCKED = (
+    "--no-index --find-links=/wheels --require-hashes --no-deps",
+    "-r /dist/runtime.txt",
+    "pip install --no-cache-dir --no-index --no-deps /dist/voicevault-*.whl",
+    "pip check",
+)
 PACKAGE_DIRS = {
     "operator": "voicevault/operator",
     "uploader": "voicevault/uploader",
@@ -60,7 +74,13 @@ def test_dockerfile_shape() -> None:
     stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?$", text, re.MULTILINE)
     assert stages == [("${PYTHON_IMAGE}", "builder"), ("${PYTHON_IMAGE}", "")]
     final = text[text.rindex("\nFROM ") :]
-    assert BUILDER_WHEEL in text[: text.rindex("\nFROM ")]
+    builder = " ".join(text[: text.rindex("\nFROM ")].replace("\\\n", " ").split())
+    assert BUILDER_WHEEL in builder
+    for part in BUILDER_LOCKED:
+        assert part in builder, part
+    flat_final = " ".join(final.replace("\\\n", " ").split())
+    for part in FINAL_LOCKED:
+        assert part in flat_final, part
     assert "COPY" not in final  # only the wheels, through a bind mount
     assert "pip uninstall --yes pip setuptools wheel" in final
     assert re.search(r"^USER 10001:10001$", final, re.MULTILINE)
@@ -171,6 +191,30 @@ def test_dockerignore_keeps_only_the_package() -> None:
         assert excluded(path, rules), path
 
 
+def test_image_locks_are_what_the_dockerfile_installs() -> None:
+    text = DOCKERFILE.read_text()
+    assert sorted(IMAGE_LOCKS) == sorted(set(re.findall(r"requirements/\w+\.txt", text)))
+
+
+def test_image_cache_key_follows_the_lock(tmp_path: Path) -> None:
+    """A lock change means a new image; a file outside the build context does not."""
+    repo = tmp_path / "repo"
+    for rel in (*IMAGE_LOCKS, "Dockerfile", ".dockerignore", "src/app.py", "tests/t.py"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(f"{rel}\n")
+    (repo / ".dockerignore").write_text("tests\n")
+    subprocess.run(["git", "init", "--quiet", str(repo)], check=True, timeout=30)
+    base = Image("localhost/base", tmp_path / "base-0123.oci.tar")
+    before = project_key(base, repo)
+    (repo / "tests/t.py").write_text("changed\n")
+    assert project_key(base, repo) == before
+    for rel in IMAGE_LOCKS:
+        (repo / rel).write_text(f"{rel} with a new pin\n")
+        after = project_key(base, repo)
+        assert after != before, rel
+        before = after
+
+
 def run(argv: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "KUBECONFIG")
@@ -189,8 +233,10 @@ def test_wheel_from_the_build_context_runs(tmp_path: Path) -> None:
     sent = copy_context(REPO, context)
     assert "src/voicevault/operator" in sent  # the symlinks travel as symlinks
     assert not any(p.startswith(("tests/", ".venv/", ".git/")) for p in sent)
+    assert {"requirements/build.txt", "requirements/runtime.txt"} <= set(sent)
 
-    # builder stage: `pip wheel --no-cache-dir --no-deps --wheel-dir /dist .`
+    # builder stage: the wheel built with the locked setuptools (this venv's, from the
+    # same lock), `pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /dist .`
     dist = tmp_path / "dist"
     run(
         [
@@ -200,6 +246,7 @@ def test_wheel_from_the_build_context_runs(tmp_path: Path) -> None:
             "wheel",
             "--no-cache-dir",
             "--no-deps",
+            "--no-build-isolation",
             "--wheel-dir",
             str(dist),
             ".",
@@ -222,23 +269,19 @@ def test_wheel_from_the_build_context_runs(tmp_path: Path) -> None:
         assert not missing, f"{package} lacks {missing}"
     assert not any(m.startswith(("tests/", "operator/", "uploader/")) for m in members)
 
-    # final stage: install the wheel (dependencies from the index), drop the installers
+    # final stage: the runtime lock, hash-checked, then the wheel alone; nothing missing
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
     python = venv / "bin" / "python"
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
+    lock = context / "requirements" / "runtime.txt"
     run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--no-cache-dir",
-            "--disable-pip-version-check",
-            str(wheel),
-        ],
+        [*pip, "install", "--require-hashes", "--no-deps", "--only-binary=:all:", "-r", str(lock)],
         cwd=tmp_path,
         timeout=900,
     )
+    run([*pip, "install", "--no-index", "--no-deps", str(wheel)], cwd=tmp_path)
+    run([*pip, "check"], cwd=tmp_path)
     run(
         [str(python), "-m", "pip", "uninstall", "--yes", "pip", "setuptools", "wheel"], cwd=tmp_path
     )
