@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from voicevault.operator import handlers
     from voicevault.operator.controller import Controller
     from voicevault.operator.kube import Kube, load_api_client
-    from voicevault.operator.leader import LeaderElector, exit_now
+    from voicevault.operator.leader import ElectionThread, LeaderElector, exit_now
     from voicevault.operator.secretwatch import SecretMetadataWatch
     from voicevault.operator.webhook import Webhook
 
@@ -142,12 +142,14 @@ def run(args: argparse.Namespace) -> int:
     controller = Controller(kube, config)
     timing = lease_timing(args)
     elector = (
-        LeaderElector(
-            Kube(kube.api_client, workers=2),  # renewals never queue behind reconcile calls
-            namespace=args.leader_election_namespace,
-            name=args.leader_election_name,
-            identity=args.leader_election_identity,
-            timing=timing,
+        ElectionThread(
+            LeaderElector(
+                Kube(load_api_client(), workers=2),  # connections of its own
+                namespace=args.leader_election_namespace,
+                name=args.leader_election_name,
+                identity=args.leader_election_identity,
+                timing=timing,
+            )
         )
         if args.leader_elect
         else None
@@ -190,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         if elector is None:
             await lead()
         else:  # kopf's watches start now, warm on a standby; the elector calls lead()
-            memo.election = asyncio.create_task(elector.run(lead, exit_now), name="election")
+            elector.start(lead, exit_now)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: Any, **_: Any) -> None:
@@ -198,8 +200,7 @@ def run(args: argparse.Namespace) -> int:
         if started.is_set():
             await controller.stop()
         if elector is not None:
-            memo.election.cancel()
-            await elector.release()
+            await elector.stop()
 
     start_http_server(args.metrics_port, addr=args.bind_address)
     webhook = Webhook(kube.api_client, hook) if hook.enabled else None

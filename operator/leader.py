@@ -10,8 +10,10 @@ in a pod, starts it again as a standby). A leader that stops cleanly releases th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -187,6 +189,64 @@ class LeaderElector:
             lease = await self.kube.replace_lease(self.namespace, self.name, body)
         self._version = _version_of(lease)
         self._observed = observe(self._observed, record_of(lease.spec), self.monotonic())
+
+
+class ElectionThread:
+    """An elector on a thread and event loop of its own, with API connections of its own.
+
+    Under a burst the operator's event loop runs seconds behind (kopf handles several watch
+    events per recording) and its API calls queue in one pool: a renewal waiting behind
+    them missed its deadline, and a healthy leader exited. Here a renewal waits for
+    neither, and the watchdog, on the same thread, still ends the process the moment a
+    renewal is overdue. `lead()` runs on the operator's loop.
+    """
+
+    def __init__(self, elector: LeaderElector) -> None:
+        self.elector = elector
+        self._thread = threading.Thread(target=self._main, name="leader-election", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._lead: Callable[[], Coroutine[Any, Any, None]] | None = None
+        self._on_lost: Callable[[], None] = exit_now
+        self._operator_loop: asyncio.AbstractEventLoop | None = None
+
+    def start(
+        self, lead: Callable[[], Coroutine[Any, Any, None]], on_lost: Callable[[], None]
+    ) -> None:
+        """From the operator's loop: campaign, and run `lead()` there once leading."""
+        self._operator_loop = asyncio.get_running_loop()
+        self._lead, self._on_lost = lead, on_lost
+        self._thread.start()
+        self._ready.wait()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop campaigning and release the Lease if held (a clean stop)."""
+        if self._loop is None or self._stop is None:
+            return
+        self._loop.call_soon_threadsafe(self._stop.set)
+        await asyncio.to_thread(self._thread.join, timeout)
+
+    def _main(self) -> None:
+        asyncio.run(self._campaign())
+
+    async def _campaign(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._ready.set()
+        running = asyncio.create_task(self.elector.run(self._started, self._on_lost))
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        running.cancel()
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await self.elector.release()
+
+    async def _started(self) -> None:
+        assert self._lead is not None
+        assert self._operator_loop is not None
+        leading = asyncio.run_coroutine_threadsafe(self._lead(), self._operator_loop)
+        await asyncio.wrap_future(leading)
 
 
 def exit_now() -> None:

@@ -258,7 +258,9 @@ damage = st.one_of(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(change=damage)
 def test_decrypt_any_damaged_object_fails_cleanly_in_process(
@@ -622,7 +624,7 @@ junk_endpoint = st.none() | junk_urls | st.sampled_from(["http://127.0.0.1:9", "
 @settings(
     max_examples=300,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(url=junk_urls, region=junk_region, endpoint=junk_endpoint)
 @example(url="https://bucket.s3.us-east-1.amazonaws.com/calls/", region=None, endpoint=None)
