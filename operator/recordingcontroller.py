@@ -409,6 +409,9 @@ class RecordingController(Part):
                     if created is not None and created > cutoff:
                         continue
                 rec = RecordingView.from_body(body)
+                # counted in the phase gauges even when settled: after a restart, or on a
+                # new leader, no watch event brings the recordings settled before it
+                self._track_phase(rec, body)
                 if reconcile(rec, self.store.settings.get(rec.namespace), now).idle:
                     continue  # settled: nothing to decide, so nothing to queue or hold
                 self.offer(slim(body))

@@ -18,7 +18,7 @@ from kubernetes import client as k8s
 from tests.support import samples
 from tests.support.kube import create
 from voicevault import API_GROUP, API_VERSION
-from voicevault.operator import recordingcontroller
+from voicevault.operator import metrics, recordingcontroller
 from voicevault.operator.config import OperatorConfig
 from voicevault.operator.controller import Controller
 from voicevault.operator.kube import Kube
@@ -93,3 +93,24 @@ def test_a_deleted_recording_leaves_nothing_behind_in_the_controller(
     assert uid not in controller.recordings.phases
     assert all(uid not in waiting for waiting in controller.recordings.waiting.values())
     assert controller.probe()["recordings"] == 0
+
+
+def test_a_resync_counts_settled_recordings_in_the_phase_gauge(
+    controller: Controller, kube_api: Any, namespace: str
+) -> None:
+    """After a restart (or on a new leader) no watch event brings the recordings settled
+    before it: the first pass over all of them is what counts them."""
+    create(kube_api, "recordings", namespace, samples.recording("settled"))
+    k8s.CustomObjectsApi(kube_api).patch_namespaced_custom_object_status(
+        API_GROUP,
+        API_VERSION,
+        namespace,
+        "recordings",
+        "settled",
+        {"status": {"phase": "Completed", "mediaUrl": "https://example.invalid/x.wav"}},
+    )
+    before = metrics.sample("voicevault_recordings", phase="Completed")
+
+    asyncio.run(controller.recordings.resync_once(everything=True))
+
+    assert metrics.sample("voicevault_recordings", phase="Completed") == before + 1
