@@ -33,7 +33,7 @@ def _renewed(kube_api: Any, namespace: str) -> tuple[str | None, Any]:
 
 
 def test_the_leader_renews_while_the_operator_loop_is_held(kube_api: Any, namespace: str) -> None:
-    lost = threading.Event()
+    lost, leading = threading.Event(), threading.Event()
     led: list[str] = []
     kube = Kube(kube_api, workers=2)
     thread = ElectionThread(
@@ -42,13 +42,11 @@ def test_the_leader_renews_while_the_operator_loop_is_held(kube_api: Any, namesp
 
     async def lead() -> None:
         led.append(threading.current_thread().name)  # on the operator's loop
+        leading.set()
 
     async def operator() -> tuple[Any, Any, Any]:
         thread.start(lead, lost.set)
-        for _ in range(600):  # bounded: 30 s
-            if led:
-                break
-            await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(leading.wait, 30), "never led"
         before = _renewed(kube_api, namespace)
         # the operator's loop gets no turn for longer than a whole lease
         time.sleep(TIMING.lease_duration + 1)
