@@ -59,3 +59,13 @@ def request_rows(requests: Requests, recordings: int) -> list[tuple[str, str, fl
         for (verb, resource, sub), count in requests.items()
     ]
     return sorted(rows, key=lambda row: -row[2])
+
+
+def request_codes(text: str, verb: str, resource: str, subresource: str = "") -> dict[str, float]:
+    """``apiserver_request_total`` of one verb and resource, by response code."""
+    counts: dict[str, float] = {}
+    for labels, value in _samples(text, "apiserver_request_total"):
+        key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
+        if key == (verb, resource, subresource):
+            counts[labels.get("code", "")] = counts.get(labels.get("code", ""), 0.0) + value
+    return counts

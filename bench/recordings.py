@@ -170,7 +170,7 @@ def run(
                 create,
                 meter,
                 stack.operator.metrics,
-                lambda: scrape(plane.server, plane._ssl_context(plane._admin)),
+                plane.metrics,
                 lambda: _count_completed(stack),
                 rate,
             )

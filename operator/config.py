@@ -119,8 +119,9 @@ class UploaderPodConfig:
 @dataclass(frozen=True)
 class OperatorConfig:
     pods: UploaderPodConfig = field(default_factory=UploaderPodConfig)
-    # recordings per uploader pod (the termination message must fit)
-    batch_size: int = field(default=50, metadata=flag("batch-size", "BATCH_SIZE", group=PODS))
+    # recordings per uploader pod, at most contract.MAX_BATCH_ITEMS (the termination
+    # message must hold every result)
+    batch_size: int = field(default=400, metadata=flag("batch-size", "BATCH_SIZE", group=PODS))
     # uploader pods at once, cluster-wide
     max_active_pods: int = field(
         default=50, metadata=flag("max-active-pods", "MAX_ACTIVE_PODS", group=PODS)

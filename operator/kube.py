@@ -320,7 +320,7 @@ class Kube:
                 "namespace": meta.get("namespace"),
             },
             "involvedObject": {
-                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "apiVersion": "v1" if kind == "Pod" else f"{API_GROUP}/{API_VERSION}",
                 "kind": kind,
                 "name": meta.get("name"),
                 "namespace": meta.get("namespace"),

@@ -257,3 +257,14 @@ def batch_for(
         for e in entries
     ]
     return BatchSpec(pod=pod_name, node=node, items=items), files
+
+
+def batch_summary(items: list[QueueEntry], node: str) -> str:
+    """The pod's Event: how many recordings of which namespaces it carries."""
+    namespaces = sorted({item.namespace for item in items})
+    shown = ", ".join(namespaces[:5]) + (
+        f" and {len(namespaces) - 5} more" if len(namespaces) > 5 else ""
+    )
+    purges = sum(1 for item in items if item.action == "purge")
+    purging = f" ({purges} to remove)" if purges else ""
+    return f"{len(items)} recording(s){purging} from node {node}, namespace(s) {shown}"

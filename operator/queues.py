@@ -28,6 +28,9 @@ class QueueEntry:
     due: datetime
     created: datetime
     metadata: MetadataTarget | None = None  # the metadata document to write (setting's choice)
+    generation: int = 1
+    # no status of its own yet: the Scheduled write carries the accepted fields as well
+    unwritten: bool = False
 
     @property
     def ref(self) -> str:
@@ -53,6 +56,9 @@ class NodeQueues:
 
     def __contains__(self, uid: str) -> bool:
         return uid in self._entries
+
+    def get(self, uid: str) -> QueueEntry | None:
+        return self._entries.get(uid)
 
     def put(self, entry: QueueEntry) -> None:
         old = self._entries.get(entry.uid)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -26,7 +26,7 @@ from voicevault.operator.bodies import slim
 from voicevault.operator.conditions import parse_time
 from voicevault.operator.kube import is_status
 from voicevault.operator.queues import QueueEntry
-from voicevault.operator.recordings import Decision, reconcile
+from voicevault.operator.recordings import Decision, QueueRequest, reconcile
 from voicevault.operator.scheduler import Scheduler
 from voicevault.operator.settingcontroller import SettingController
 from voicevault.operator.shared import Part, Shared
@@ -124,6 +124,9 @@ class RecordingController(Part):
         if rec.phase is None and rec.uid in self.accepted:
             return  # an event from before our own first status write: the next one has it
         self.accepted.discard(rec.uid)
+        queued = self.scheduler.queued(rec.uid) if rec.phase is None else None
+        if queued is not None and queued.resource_version == rec.resource_version:
+            return  # our own finalizer write coming back: it is queued as it is
         self._track_phase(rec, body)
         if rec.phase is None and not rec.deleting and rec.namespace not in self.store.settings:
             await self.settings.refresh_from_api(rec.namespace)
@@ -173,8 +176,8 @@ class RecordingController(Part):
             waiting.pop(rec.uid, None)
         if decision.unqueue:
             self.scheduler.unqueue(rec.uid)
-        if decision.queue is not None and rec.snapshot is not None:
-            self._enqueue(rec, rv, decision.queue.action, decision.queue.due)
+        if decision.queue is not None:
+            self._enqueue(rec, rv, decision.queue)
         if decision.remove_finalizer:
             await self._release(body, rv)
         pod = decision.owned_by_pod
@@ -192,11 +195,15 @@ class RecordingController(Part):
         ref = {"namespace": entry.namespace, "name": entry.name, "uid": entry.uid}
         self.intake.put(entry.uid, ("reread", {"metadata": ref}), urgent=True)
 
-    def _enqueue(
-        self, rec: RecordingView, rv: str, action: Literal["upload", "purge"], due: datetime
-    ) -> None:
-        snapshot = rec.snapshot
-        assert snapshot is not None
+    def _enqueue(self, rec: RecordingView, rv: str, request: QueueRequest) -> None:
+        snapshot = request.snapshot or rec.snapshot
+        if snapshot is None:
+            return
+        unwritten = request.snapshot is not None and request.action == "upload"
+        queued = self.scheduler.queued(rec.uid)
+        if unwritten and queued is not None and queued.unwritten:
+            snapshot = queued.snapshot  # taken at first sight, kept while it waits here
+        action, due = request.action, request.due
         self.scheduler.enqueue(
             QueueEntry(
                 namespace=rec.namespace,
@@ -212,6 +219,8 @@ class RecordingController(Part):
                 due=due,
                 created=rec.created,
                 metadata=metadata_target(rec.spec, rec.sid, snapshot),
+                generation=rec.generation,
+                unwritten=unwritten,
             )
         )
 
@@ -243,13 +252,6 @@ class RecordingController(Part):
         self.phases[rec.uid] = phase
         if Phase.CACHED.value in (old, phase):
             self._update_cached_gauge()
-        if old is not None and phase == Phase.UPLOADING.value:
-            self.background.spawn(
-                self.events.post(
-                    body,
-                    Event("Normal", "Uploading", f"uploader pod {rec.pod} is sending it"),
-                )
-            )
 
     def _update_cached_gauge(self) -> None:
         metrics.CACHED.set(Counter(self.phases.values())[Phase.CACHED.value])
@@ -325,10 +327,8 @@ class RecordingController(Part):
         delivered, reason, message, attempts = await self._callback(rec, snapshot, token)
         now = self.clock()
         metrics.CALLBACKS.labels(result="delivered" if delivered else "failed").inc()
-        await self.events.post(
-            rec.body_ref(),
-            Event("Normal" if delivered else "Warning", f"Callback{reason}", message),
-        )
+        if not delivered:  # a delivery is in the CallbackDelivered condition, not an Event
+            await self.events.post(rec.body_ref(), Event("Warning", f"Callback{reason}", message))
         for _ in range(SETTLE_CLAIM_TRIES):
             patch = phases.callback_recorded(
                 rec, delivered=delivered, reason=reason, message=message, attempts=attempts, now=now

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from voicevault import phases
-from voicevault.crds.recording import FINALIZER, Phase, RecordingSpec
+from voicevault.crds.recording import FINALIZER, Phase, RecordingSpec, StorageSnapshot
 from voicevault.operator.conditions import parse_time
 from voicevault.operator.settings import SettingView
 from voicevault.operator.snapshot import SnapshotError, take_snapshot
@@ -29,6 +29,9 @@ class QueueRequest:
 
     action: Literal["upload", "purge"]
     due: datetime
+    # taken now for a recording that has no status of its own yet: its first write (the
+    # Scheduled one) carries it, so being queued costs no write of its own
+    snapshot: StorageSnapshot | None = None
 
 
 @dataclass
@@ -58,7 +61,7 @@ class Decision:
 def reconcile(rec: RecordingView, setting: SettingView | None, now: datetime) -> Decision:
     """What to do about this Recording now."""
     if rec.deleting:
-        return _on_deletion(rec, now)
+        return _on_deletion(rec, setting, now)
     decision = Decision(add_finalizer=FINALIZER not in rec.finalizers)
     phase = rec.phase
     if phase is None or (phase is Phase.PENDING and rec.snapshot is None):
@@ -111,8 +114,7 @@ def _accept(
     except SnapshotError as exc:
         _wait_for_setting(rec, setting, now, decision, first=True, problem=str(exc))
         return
-    decision.write(phases.accepted(rec, snapshot))
-    decision.queue = QueueRequest("upload", now)
+    decision.queue = QueueRequest("upload", now, snapshot)
 
 
 def _wait_for_setting(
@@ -140,12 +142,29 @@ def _window(rec: RecordingView) -> timedelta | None:
     return timedelta(seconds=snapshot.retry_window_seconds) if snapshot else None
 
 
-def _on_deletion(rec: RecordingView, now: datetime) -> Decision:
+def _on_deletion(rec: RecordingView, setting: SettingView | None, now: datetime) -> Decision:
     what = phases.deletion(rec)
+    snapshot = rec.snapshot
+    if what == "purge" and snapshot is None:
+        # never written: a purge pod needs only the node, the path and a credential, so
+        # the setting as it is now serves (without one, the media cannot be reached)
+        snapshot = _purge_snapshot(rec, setting)
+        if snapshot is None:
+            what = "release"
     if what == "wait-for-pod":
         return Decision(owned_by_pod=rec.pod)  # let the pod finish; its outcome decides
     if what == "release":
         return Decision(remove_finalizer=True, unqueue=True)
     if what == "purge":
-        return Decision(queue=QueueRequest("purge", now))
+        return Decision(queue=QueueRequest("purge", now, None if rec.snapshot else snapshot))
     return Decision()
+
+
+def _purge_snapshot(rec: RecordingView, setting: SettingView | None) -> StorageSnapshot | None:
+    if setting is None or not setting.ready or not setting.enabled:
+        return None
+    try:
+        spec = RecordingSpec.model_validate(rec.spec)
+        return take_snapshot(setting, spec, rec.sid, None)
+    except (ValidationError, SnapshotError):
+        return None

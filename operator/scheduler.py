@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 from voicevault import phases
 from voicevault.contract import (
     BATCH_FILE,
+    MAX_BATCH_ITEMS,
     BatchSpec,
     CredentialFile,
     ItemResult,
@@ -76,6 +78,10 @@ class Scheduler(Part):
     def unqueue(self, uid: str) -> None:
         self.queues.remove(uid)
 
+    def queued(self, uid: str) -> QueueEntry | None:
+        """The entry waiting for a pod, if any."""
+        return self.queues.get(uid)
+
     def pod_is_known(self, pod_name: str) -> bool:
         return any(p.name == pod_name for p in self.active.values())
 
@@ -125,6 +131,10 @@ class Scheduler(Part):
                 log.exception("scheduler tick failed; continuing")
             await self._sleep()
 
+    @property
+    def _batch_size(self) -> int:
+        return max(1, min(self.config.batch_size, MAX_BATCH_ITEMS))
+
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
@@ -148,7 +158,7 @@ class Scheduler(Part):
                 continue
             if len(self.active) + len(launches) >= self.config.max_active_pods:
                 break
-            launches.append(self._launch(node, self.queues.take(node, now, self.config.batch_size)))
+            launches.append(self._launch(node, self.queues.take(node, now, self._batch_size)))
         if launches:
             await asyncio.gather(*launches)
 
@@ -201,6 +211,11 @@ class Scheduler(Part):
             await self._fail_all(active, f"could not create the uploader pod: {reason}")
             return
         metrics.PODS_CREATED.inc()
+        await self.events.post(
+            created,
+            Event("Normal", "Uploading", pods.batch_summary(active.items, node)),
+            kind="Pod",
+        )
         log.info(
             "uploader pod created",
             extra={
@@ -238,7 +253,7 @@ class Scheduler(Part):
 
     async def _mark_scheduled(self, entry: QueueEntry, pod_name: str) -> bool:
         """Claim the recording for the pod; False if it changed since it was queued."""
-        status, event = phases.scheduled(entry.action, entry.attempts, pod_name)
+        status, event = phases.scheduled(entry.action, entry.attempts, pod_name, _first(entry))
         try:
             await self.kube.patch_status(
                 PLURAL, entry.namespace, entry.name, status, entry.resource_version
@@ -377,6 +392,13 @@ class Scheduler(Part):
         pod: dict[str, Any] | None,
     ) -> None:
         """Turn one item's result into its next status (only if the pod still owns it)."""
+        if (
+            entry.action == "upload"
+            and result is not None
+            and result.kind in phases.RECORDED_BY_POD
+        ):
+            metrics.UPLOADS.labels(result=result.kind).inc()
+            return  # the pod wrote the outcome itself: nothing to read or write
         body = await self._read_recording(entry)
         if body is None:
             return
@@ -460,9 +482,12 @@ class Scheduler(Part):
         rec = RecordingView.from_body(body)
         if rec.uid != entry.uid:
             return
+        first = _first(entry) if rec.phase is None else None
+        if first is not None:  # as if its accepted status were written: this write carries it
+            rec = dataclasses.replace(rec, status=rec.status | first)
         transition = phases.failed_before_pod(rec, message, node=entry.node, now=self.clock())
         if transition is not None and await self.kube.try_patch_status(
-            PLURAL, rec.namespace, rec.name, transition.status, rec.resource_version
+            PLURAL, rec.namespace, rec.name, (first or {}) | transition.status, rec.resource_version
         ):
             assert transition.event is not None
             await self.events.post(body, transition.event)
@@ -475,6 +500,13 @@ class Scheduler(Part):
             body, Event("Warning", "NodeGone", f"{message}; local media could not be removed")
         )
         await self.kube.remove_finalizer(PLURAL, body, FINALIZER)
+
+
+def _first(entry: QueueEntry) -> dict[str, Any] | None:
+    """The accepted fields an entry queued without a status of its own still has to write."""
+    if not entry.unwritten:
+        return None
+    return phases.accepted_fields(entry.sid, entry.generation, entry.node, entry.snapshot)
 
 
 def _ref_body(entry: QueueEntry) -> dict[str, Any]:

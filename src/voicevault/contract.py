@@ -27,6 +27,9 @@ BATCH_FILE = "batch.json"
 SPEC_VERSION = 1
 # the kubelet keeps at most 4096 bytes of a termination message
 TERMINATION_MESSAGE_LIMIT = 4096
+# The most recordings one pod carries: every item's result still fits in the termination
+# message when each has an error code (`"T16111",`, 9 bytes) and the messages are dropped.
+MAX_BATCH_ITEMS = 400
 
 
 class _Wire(BaseModel):

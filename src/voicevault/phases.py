@@ -176,10 +176,25 @@ def kept_local(rec: RecordingView, *, no_setting: bool) -> Transition:
 
 
 def accepted(rec: RecordingView, snapshot: StorageSnapshot) -> Transition:
-    """Pending with the setting frozen into it: queued for its node."""
+    """Pending with the setting frozen into it: queued for its node.
+
+    Not written on its own when the recording goes straight into its node's queue: it
+    rides on the Scheduled write (`scheduled(..., first=...)`), one write instead of two.
+    """
+    status = accepted_fields(rec.sid, rec.generation, rec.node, snapshot)
+    return Transition(status, None)  # no Event: one Normal Event per outcome (README)
+
+
+def accepted_fields(
+    sid: str, generation: int, node: str, snapshot: StorageSnapshot
+) -> dict[str, Any]:
+    """The status of an accepted recording, from what its queue entry keeps."""
     encrypted = f", encrypted for key {snapshot.public_key_sid}" if snapshot.public_key_sid else ""
-    message = f"Queued for upload from node {rec.node} to {snapshot.media_url}{encrypted}"
-    status = _first(rec) | {
+    message = f"Queued for upload from node {node} to {snapshot.media_url}{encrypted}"
+    return {
+        "sid": sid,
+        "observedGeneration": generation,
+        "attempts": 0,
         "phase": Phase.PENDING.value,
         "reason": Reason.QUEUED.value,
         "storage": snapshot.to_wire(),
@@ -188,7 +203,6 @@ def accepted(rec: RecordingView, snapshot: StorageSnapshot) -> Transition:
         "errorClass": None,
         "errorMessage": None,
     }
-    return Transition(status, Event("Normal", "Accepted", message))
 
 
 def waiting_for_setting(rec: RecordingView, why: str, *, first: bool) -> Transition | None:
@@ -228,20 +242,29 @@ def cached_for_setting(
 # -- queued -> pod -----------------------------------------------------------------------------
 
 
-def scheduled(action: Literal["upload", "purge"], attempts: int, pod: str) -> Transition:
-    """Claimed for pod `pod`'s batch; `attempts` counts the attempts before this one."""
+def scheduled(
+    action: Literal["upload", "purge"],
+    attempts: int,
+    pod: str,
+    first: dict[str, Any] | None = None,
+) -> Transition:
+    """Claimed for pod `pod`'s batch; `attempts` counts the attempts before this one.
+
+    `first`: the `accepted_fields` of a recording queued without a status of its own yet;
+    this write then carries them too.
+    """
     upload = {"pod": pod, "startedAt": None, "bytesSent": None, "bytesTotal": None}
     if action == "purge":
         return Transition({"upload": upload, "message": "Removing local media (deleted)"}, None)
     message = f"In uploader pod {pod}'s batch (attempt {attempts + 1})"
-    status = {
+    status = (first or {}) | {
         "phase": Phase.SCHEDULED.value,
         "reason": None,
         "upload": upload,
         "attempts": attempts + 1,
         "message": message,
     }
-    return Transition(status, Event("Normal", "Scheduled", message))
+    return Transition(status, None)  # the pod's own Event names its batch
 
 
 # -- in the uploader pod: each returns None once the outcome is written ------------------------
@@ -367,6 +390,9 @@ def _at(at: str) -> datetime:
 # -- after the pod -----------------------------------------------------------------------------
 
 
+RECORDED_BY_POD = ("completed", "fatal")  # item results whose outcome the pod wrote itself
+
+
 @dataclass(frozen=True)
 class AfterAttempt:
     """What the operator writes for one item of an ended pod, and how it is counted.
@@ -393,7 +419,7 @@ def after_attempt(
     if snapshot is None:
         return AfterAttempt(None, None)
     kind = result.kind if result else None
-    if kind in ("completed", "fatal") or rec.phase in (Phase.COMPLETED, Phase.FAILED):
+    if kind in RECORDED_BY_POD or rec.phase in (Phase.COMPLETED, Phase.FAILED):
         return AfterAttempt(None, kind or "recorded")  # the uploader wrote it
     if kind == "fatal-unrecorded":
         assert result is not None
@@ -700,6 +726,8 @@ def deletion(rec: RecordingView) -> Deletion:
         return "nothing"
     if rec.phase in (Phase.SCHEDULED, Phase.UPLOADING):
         return "wait-for-pod"
+    if rec.phase is None:
+        return "purge"  # queued without a status of its own yet: its media is on the node
     if rec.snapshot is None or rec.phase not in (Phase.PENDING, Phase.RETRYING, Phase.CACHED):
         return "release"
     return "purge"

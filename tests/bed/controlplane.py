@@ -161,6 +161,12 @@ class ControlPlane:
 
     # --- clients ---------------------------------------------------------------------
 
+    def metrics(self) -> str:
+        """The apiserver's own /metrics, read as the admin."""
+        url = f"{self.server}/metrics"
+        with urllib.request.urlopen(url, context=self._ssl_context(self._admin), timeout=30) as r:  # noqa: S310
+            return str(r.read().decode())
+
     def _ssl_context(self, client: certs.CertPair) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.ca_path))
         context.load_cert_chain(str(client.cert), str(client.key))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
-from tests.bed.faultproxy import FaultProxy, Respond, Rule
+from tests.bed.faultproxy import Delay, FaultProxy, Respond, Rule
 from tests.bed.stack import Stack
 from tests.support.kube import wait_for
 from voicevault import API_GROUP, API_VERSION
@@ -99,6 +100,42 @@ def test_deleting_a_recording_mid_upload_leaves_no_upload_and_no_file(
     wait_for(gone, timeout=90, what="the Recording to be deleted")
     assert not media.exists(), "local media removed before the resource went"
     assert live_stack.open_uploads(account) == [], "the multipart upload was aborted"
+
+
+def test_a_recording_queued_behind_a_busy_pod_has_no_phase_yet_and_deleting_it_purges(
+    live_stack: Stack, proxy: FaultProxy
+) -> None:
+    """Being queued costs the finalizer write alone; the media is still the operator's to
+    remove when the Recording is deleted before any pod took it."""
+    account = live_stack.add_account(endpoint=proxy.url)
+    # the first recording's PUT is held, so its pod keeps node-a busy meanwhile
+    hold = Rule(action=Delay(30.0), method="PUT", times=1)  # the first upload only
+    proxy.add_rule(hold)
+    live_stack.record(account, "hold", os.urandom(3000))
+    wait_for(lambda: hold.matched >= 1, timeout=60, what="the first upload to be under way")
+    live_stack.record(account, "queued", os.urandom(3000))
+    media = live_stack.media_file("node-a", account.namespace, "2026/11/queued.wav")
+
+    def queued() -> dict[str, Any] | None:
+        body = live_stack.get(account.namespace, "recordings", "queued")
+        return body if body["metadata"].get("finalizers") else None
+
+    body = wait_for(queued, timeout=30, what="the operator to take the second recording")
+    assert not (body.get("status") or {}).get("phase"), body.get("status")
+    assert hold.applied == 1 and media.exists()
+    live_stack.delete(account.namespace, "recordings", "queued")
+
+    def gone() -> bool:
+        try:
+            live_stack.get(account.namespace, "recordings", "queued")
+        except k8s.ApiException as exc:
+            return bool(exc.status == 404)
+        return False
+
+    wait_for(gone, timeout=90, what="the queued Recording to be deleted")
+    assert not media.exists(), "its media was removed before the resource went"
+    done = live_stack.wait_phase(account.namespace, "hold", "Completed", timeout=60)["status"]
+    assert done["attempts"] == 1
 
 
 def test_a_tenant_cannot_use_another_namespaces_secret_or_credential(live_stack: Stack) -> None:

@@ -136,7 +136,7 @@ def test_default_values_render_the_operator(helm_cli: Helm) -> None:
     assert config.pods.service_account == "voicevault-uploader"
     assert config.pods.recordings_host_path == "/var/lib/voicevault/recordings"
     assert (config.pods.run_as_user, config.pods.run_as_group) == (10001, 10001)
-    assert (config.batch_size, config.max_active_pods) == (50, 50)
+    assert (config.batch_size, config.max_active_pods) == (400, 50)
     assert (config.pods.concurrency, config.pods.part_concurrency) == (4, 2)
     assert config.validation_interval == 1800
     assert config.default_retry_window_seconds == 7200  # the seed's 2 hours
@@ -426,7 +426,7 @@ BAD_VALUES = [
     ("operator.verbose=true", "operator: Additional property verbose is not allowed"),
     ("replicaCount=2", "Additional property replicaCount is not allowed"),
     ("uploader.batchSize=0", "uploader.batchSize: Must be greater than or equal to 1"),
-    ("uploader.batchSize=51", "uploader.batchSize: Must be less than or equal to 50"),
+    ("uploader.batchSize=401", "uploader.batchSize: Must be less than or equal to 400"),
     ("metrics.port=70000", "metrics.port: Must be less than or equal to 65535"),
     ("uploader.concurrency=four", "uploader.concurrency: Invalid type. Expected: integer"),
     ("uploader.recordingsHostPath=recordings", "uploader.recordingsHostPath: Does not match"),

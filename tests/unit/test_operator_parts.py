@@ -8,6 +8,7 @@ from typing import Any
 
 from tests.support import samples
 from voicevault.contract import (
+    MAX_BATCH_ITEMS,
     TERMINATION_MESSAGE_LIMIT,
     BatchItem,
     BatchOutcome,
@@ -123,6 +124,19 @@ def test_outcome_shortens_messages_rather_than_overflowing() -> None:
     decoded = BatchOutcome.decode(text)
     assert decoded is not None and len(decoded.results) == 200
     assert all(r is not None and r.kind == "transient" for r in decoded.results)
+
+
+def test_a_full_batch_keeps_every_result_even_when_each_has_an_error() -> None:
+    worst = BatchOutcome(
+        results=[
+            ItemResult(kind="fatal-unrecorded", error_code=99999, message=f"unique {i}")
+            for i in range(MAX_BATCH_ITEMS)
+        ],
+        parts_resent=10**6,
+    )
+    decoded = BatchOutcome.decode(worst.encode())
+    assert decoded is not None and len(decoded.results) == MAX_BATCH_ITEMS
+    assert all(r is not None and r.error_code == 99999 for r in decoded.results)
 
 
 def test_outcome_decode_refuses_foreign_text() -> None:

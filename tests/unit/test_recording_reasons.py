@@ -23,7 +23,8 @@ def _reason(setting: SettingView | None, **rec: object) -> tuple[str, str | None
 
 
 def test_pending_and_cached_say_why() -> None:
-    assert _reason(_setting()) == ("Pending", "Queued")
+    accepted = _accepted()  # written by the first write, the Scheduled one
+    assert (accepted["phase"], accepted["reason"]) == ("Pending", "Queued")
     assert _reason(NOT_READY) == ("Pending", "SettingNotReady")
     assert _reason(NOT_READY, created=NOW - timedelta(hours=3)) == ("Cached", "SettingNotReady")
     assert requeued("pod stopped").status["reason"] == "Requeued"

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support import samples
+from voicevault import phases
 from voicevault.crds.recording import FINALIZER, RETRY_ANNOTATION
 from voicevault.operator import settings
 from voicevault.operator.recordings import reconcile
@@ -62,20 +63,24 @@ def _rec(
 
 
 def _accepted(setting: SettingView | None = None) -> dict[str, Any]:
-    decision = reconcile(_rec(), setting or _setting(), NOW)
-    assert decision.status is not None
-    return decision.status
+    """The accepted status a new recording's first write (Scheduled) carries."""
+    rec = _rec()
+    decision = reconcile(rec, setting or _setting(), NOW)
+    assert decision.status is None and decision.queue is not None
+    assert decision.queue.snapshot is not None
+    return phases.accepted(rec, decision.queue.snapshot).status
 
 
-def test_new_recording_gets_finalizer_sid_snapshot_and_is_queued() -> None:
+def test_new_recording_gets_finalizer_and_is_queued_with_its_snapshot_unwritten() -> None:
     decision = reconcile(_rec(finalizers=()), _setting(), NOW)
     assert decision.add_finalizer
-    assert decision.status is not None
-    assert decision.status["sid"] == "RE" + UID.replace("-", "")
-    assert decision.status["phase"] == "Pending"
-    storage = decision.status["storage"]
+    assert decision.status is None, "being queued costs no status write of its own"
+    status = _accepted()
+    assert status["sid"] == "RE" + UID.replace("-", "")
+    assert status["phase"] == "Pending"
+    storage = status["storage"]
     assert storage["bucket"] == "recordings" and storage["region"] == "eu-west-1"
-    assert storage["objectKey"] == f"calls/{samples.ACCOUNT_SID}/{decision.status['sid']}.wav"
+    assert storage["objectKey"] == f"calls/{samples.ACCOUNT_SID}/{status['sid']}.wav"
     assert (
         storage["mediaUrl"]
         == "https://recordings.s3.eu-west-1.amazonaws.com/" + storage["objectKey"]
@@ -85,7 +90,7 @@ def test_new_recording_gets_finalizer_sid_snapshot_and_is_queued() -> None:
         and decision.queue.action == "upload"
         and decision.queue.due == NOW
     )
-    assert [e.reason for e in decision.events] == ["Accepted"]
+    assert decision.events == []  # being queued is no outcome: no Event
 
 
 def test_snapshot_is_frozen_at_creation() -> None:
@@ -225,6 +230,37 @@ def test_deletion(phase: str, expected: str) -> None:
         assert not decision.remove_finalizer
     else:
         assert decision.owned_by_pod == "p1" and not decision.remove_finalizer
+
+
+def test_deleting_a_recording_queued_without_a_status_purges_its_media() -> None:
+    """Queued, it has only our finalizer: its media is on the node, so a pod removes it,
+    with the setting as it is now (a purge needs only the node, the path, a credential)."""
+    decision = reconcile(_rec(deleting=True), _setting(), NOW)
+    assert decision.queue is not None and decision.queue.action == "purge"
+    assert decision.queue.snapshot is not None and not decision.remove_finalizer
+    for unusable in (None, _setting(enabled=False)):
+        decision = reconcile(_rec(deleting=True), unusable, NOW)
+        assert decision.remove_finalizer and decision.queue is None  # nothing can reach it
+
+
+def test_the_scheduled_write_carries_the_accepted_fields_of_an_unwritten_recording() -> None:
+    accepted = _accepted()
+    status, event = phases.scheduled("upload", 0, "pod-1", accepted)
+    assert status["phase"] == "Scheduled" and status["reason"] is None
+    assert status["storage"] == accepted["storage"] and status["sid"] == accepted["sid"]
+    assert status["attempts"] == 1 and status["upload"]["pod"] == "pod-1"
+    assert "pod-1" in status["message"] and event is None
+    rec = _rec(_merged_status(accepted, status))
+    assert rec.snapshot is not None and rec.pod == "pod-1"
+    purge, _ = phases.scheduled("purge", 0, "pod-2", accepted)
+    assert "storage" not in purge, "a purge claims the pod only"
+
+
+def _merged_status(*patches: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for patch in patches:
+        merged |= patch
+    return merged
 
 
 def test_deleting_without_our_finalizer_does_nothing() -> None:

@@ -1,0 +1,120 @@
+"""What one recording costs the API server, counted by the apiserver itself.
+
+Every client is counted (the operator, the uploader pods, the stand-in kubelet), over a
+burst on several nodes with the shipped resync interval, on a control plane of its own so
+no other test's traffic is in the count. List and watch are left out: the resync and this
+test's own waits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bench import apimetrics
+from tests.bed.s3_moto import MotoS3
+from tests.bed.stack import SYSTEM_NAMESPACE, Stack
+from tests.bed.stack_fixtures import own_stack
+from tests.support.invariants import metric
+from tests.support.kube import wait_for
+
+pytestmark = [pytest.mark.kube, pytest.mark.s3]
+NODES = ("node-a", "node-b", "node-c", "node-d")
+
+
+@pytest.fixture(scope="module")
+def quiet_stack(moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with own_stack(moto_s3, tmp_path_factory, "budget", nodes=NODES) as stack:
+        yield stack
+
+
+BUDGET_RECORDINGS = 40
+# Per recording without a callback, besides its create: the finalizer, Pending (the
+# snapshot), Scheduled (the claim for a pod), the uploader's outcome, and one Event.
+BUDGET = {
+    ("PATCH", "recordings", ""): 1.0,
+    ("PATCH", "recordings", "status"): 3.0,
+    ("POST", "events", ""): 1.0,
+}
+# Per uploader pod: the operator's node read, Secret, pod, owner reference, the pod's
+# Event and two deletes; the kubelet's pod status writes, Secret reads, token, Events.
+POD_SHARE = 18
+POD_EVENTS = 2  # the operator's Uploading Event, and the kubelet's
+
+
+def test_a_recording_costs_its_writes_and_one_event_and_no_reads(quiet_stack: Stack) -> None:
+    stack = quiet_stack
+    account = stack.add_account()
+    before_text = stack.cp.metrics()
+    before = apimetrics.requests(before_text)
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda i: stack.record(
+                    account, f"budget-{i:02d}", os.urandom(700), node=NODES[i % len(NODES)]
+                ),
+                range(BUDGET_RECORDINGS),
+            )
+        )
+
+    def settled() -> bool:
+        items = stack.custom.list_namespaced_custom_object(
+            "voicevault.io", "v1alpha1", account.namespace, "recordings"
+        )["items"]  # type: ignore[index]
+        return len(items) == BUDGET_RECORDINGS and all(
+            (i.get("status") or {}).get("phase") == "Completed"
+            and any(c["type"] == "Stored" for c in i["status"].get("conditions", []))
+            for i in items
+        )
+
+    wait_for(settled, timeout=120, what="every recording Completed and Stored")
+    wait_for(
+        lambda: (
+            not stack.uploader_pods()
+            and metric(stack.operator.metrics(), "voicevault_events_pending") == 0
+        ),
+        what="the uploader pods gone and no Event waiting",
+    )
+    normal = Counter(
+        e.reason
+        for e in stack.events(account.namespace)
+        if e.type == "Normal" and e.involved_object.kind == "Recording"
+    )
+    assert normal == {"Stored": BUDGET_RECORDINGS}, "one Normal Event per recording: its outcome"
+    batches = [
+        e
+        for e in stack.core.list_namespaced_event(SYSTEM_NAMESPACE).items
+        if e.reason == "Uploading" and e.involved_object.kind == "Pod"
+    ]
+    carried = sum(int(str(e.message).split()[0]) for e in batches)
+    assert carried == BUDGET_RECORDINGS, [e.message for e in batches]
+    spent = apimetrics.diff(apimetrics.requests(stack.cp.metrics()), before)
+    spent = {
+        key: n
+        for key, n in spent.items()
+        if key[0] not in ("LIST", "WATCH")
+        and key[1] not in ("leases", "namespaces", "awscredentials", "voicestoragesettings")
+        and key != ("POST", "recordings", "")
+    }
+    pods = metric(stack.operator.metrics(), "voicevault_uploader_pods_created_total")
+    text = stack.cp.metrics()
+    # a conflict (a resync page crossing a write) costs a read and a second write; a
+    # fault-free burst has a handful at most, and each is counted here
+    conflicts = sum(
+        apimetrics.request_codes(text, "PATCH", "recordings", sub).get("409", 0.0)
+        - apimetrics.request_codes(before_text, "PATCH", "recordings", sub).get("409", 0.0)
+        for sub in ("", "status")
+    )
+    per = {key: n / BUDGET_RECORDINGS for key, n in spent.items()}
+    reads = sum(n for key, n in spent.items() if key[0] == "GET" and key[1] == "recordings")
+    assert reads <= conflicts, f"recordings read {reads} times, {conflicts} conflicts: {per}"
+    assert conflicts <= BUDGET_RECORDINGS / 10, f"{conflicts} conflicts in a fault-free burst"
+    for key, allowed in BUDGET.items():
+        extra = POD_EVENTS * pods if key[1] == "events" else conflicts
+        assert spent.get(key, 0.0) <= allowed * BUDGET_RECORDINGS + extra, (key, per)
+    total = sum(spent.values())
+    assert total <= BUDGET_RECORDINGS * sum(BUDGET.values()) + POD_SHARE * pods + 2 * conflicts, per
