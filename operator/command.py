@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings.posting.enabled = False  # we post our own Events, without secrets
+        settings.persistence.diffbase_storage = handlers.NoDiffBase()
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         # kopf keeps a worker (and its slot of the 200) per object until it has been idle

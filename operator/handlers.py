@@ -21,6 +21,23 @@ from voicevault.operator.bodies import plain, slim
 from voicevault.operator.controller import Controller
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No change detection: every handler here is an `on.event` one, which needs none.
+
+    kopf builds and diffs each event's "essence" (a deep copy of the body) whatever the
+    handlers; with thousands of Recording events that was a tenth of the operator's CPU.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def _controller(memo: Any) -> Controller:
     controller: Controller = memo.controller
     return controller
