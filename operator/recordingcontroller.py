@@ -290,10 +290,6 @@ class RecordingController(Part):
             rec = current
         else:
             return  # still contended: the next event or resync brings it back
-        if plan.event is not None and rec.phase is Phase.COMPLETED:
-            metrics.UPLOADED_BYTES.inc(int(rec.status.get("size") or 0))
-            done = parse_time(rec.status.get("completionTime")) or self.clock()
-            metrics.UPLOAD_LATENCY.observe(max(0.0, (done - rec.created).total_seconds()))
         if plan.callback:
             await self._call_back(RecordingView.from_body(slim(claimed)), plan.idempotency_token)
 

@@ -27,6 +27,7 @@ from voicevault.contract import (
 )
 from voicevault.crds.recording import FINALIZER, PLURAL, Phase, StorageSnapshot
 from voicevault.operator import metrics, pods
+from voicevault.operator.conditions import parse_time
 from voicevault.operator.kube import is_status
 from voicevault.operator.queues import NodeQueues, QueueEntry
 from voicevault.operator.shared import Part, Shared
@@ -416,6 +417,12 @@ class Scheduler(Part):
         after = phases.after_attempt(rec, result, why, node=active.node, now=self.clock())
         if after.counted is not None:
             metrics.UPLOADS.labels(result=after.counted).inc()
+        if rec.phase is Phase.COMPLETED and after.counted in ("completed", "recorded"):
+            # here, once per pod's item: the uploader's write carries Stored, so no
+            # settlement claim is left to count it
+            metrics.UPLOADED_BYTES.inc(int(rec.status.get("size") or 0))
+            done = parse_time(rec.status.get("completionTime")) or self.clock()
+            metrics.UPLOAD_LATENCY.observe(max(0.0, (done - rec.created).total_seconds()))
         if after.counted in ("transient", "lost") and after.transition is not None:
             if after.transition.status.get("phase") == Phase.CACHED.value:
                 metrics.CACHED_TOTAL.inc()
