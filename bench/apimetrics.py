@@ -30,12 +30,25 @@ def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     ]
 
 
+def requests_by_code(text: str) -> dict[tuple[str, str, str, str], float]:
+    """``apiserver_request_total`` by (verb, resource, subresource, code), over scopes."""
+    counts: dict[tuple[str, str, str, str], float] = {}
+    for labels, value in _samples(text, "apiserver_request_total"):
+        key = (
+            labels.get("verb", ""),
+            labels.get("resource", ""),
+            labels.get("subresource", ""),
+            labels.get("code", ""),
+        )
+        counts[key] = counts.get(key, 0.0) + value
+    return counts
+
+
 def requests(text: str) -> Requests:
     """``apiserver_request_total`` summed over codes (and scopes)."""
     counts: Requests = {}
-    for labels, value in _samples(text, "apiserver_request_total"):
-        key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
-        counts[key] = counts.get(key, 0.0) + value
+    for (verb, resource, sub, _), value in requests_by_code(text).items():
+        counts[verb, resource, sub] = counts.get((verb, resource, sub), 0.0) + value
     return counts
 
 
@@ -59,13 +72,3 @@ def request_rows(requests: Requests, recordings: int) -> list[tuple[str, str, fl
         for (verb, resource, sub), count in requests.items()
     ]
     return sorted(rows, key=lambda row: -row[2])
-
-
-def request_codes(text: str, verb: str, resource: str, subresource: str = "") -> dict[str, float]:
-    """``apiserver_request_total`` of one verb and resource, by response code."""
-    counts: dict[str, float] = {}
-    for labels, value in _samples(text, "apiserver_request_total"):
-        key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
-        if key == (verb, resource, subresource):
-            counts[labels.get("code", "")] = counts.get(labels.get("code", ""), 0.0) + value
-    return counts

@@ -253,6 +253,8 @@ def batch_for(
             credential=refs[(e.namespace, e.snapshot.credential_name)],
             credential_name=e.snapshot.credential_name,
             metadata=e.metadata,
+            resource_version=e.resource_version if e.scheduled_status else "",
+            status=e.scheduled_status,
         )
         for e in entries
     ]

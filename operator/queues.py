@@ -5,9 +5,10 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from voicevault.crds.recording import StorageSnapshot
+from voicevault.phases import pod_base
 from voicevault.uploader.metadata import MetadataTarget
 
 
@@ -31,6 +32,12 @@ class QueueEntry:
     generation: int = 1
     # no status of its own yet: the Scheduled write carries the accepted fields as well
     unwritten: bool = False
+    scheduled_status: dict[str, Any] = field(default_factory=dict)  # `phases.pod_base` of it
+
+    def scheduled_as(self, written: dict[str, Any]) -> None:
+        """The Scheduled write's answer: the batch tells the pod what its writes build on."""
+        self.resource_version = str(written["metadata"]["resourceVersion"])
+        self.scheduled_status = pod_base(written.get("status") or {})
 
     @property
     def ref(self) -> str:

@@ -252,6 +252,12 @@ class RecordingController(Part):
         self.phases[rec.uid] = phase
         if Phase.CACHED.value in (old, phase):
             self._update_cached_gauge()
+        if old is not None and rec.phase is Phase.COMPLETED:
+            # seen happen (not listed after a restart): counted once, and from the watch
+            # event alone, since the uploader's own write carries the outcome
+            metrics.UPLOADED_BYTES.inc(int(rec.status.get("size") or 0))
+            done = parse_time(rec.status.get("completionTime")) or self.clock()
+            metrics.UPLOAD_LATENCY.observe(max(0.0, (done - rec.created).total_seconds()))
 
     def _update_cached_gauge(self) -> None:
         metrics.CACHED.set(Counter(self.phases.values())[Phase.CACHED.value])
@@ -292,10 +298,6 @@ class RecordingController(Part):
             rec = current
         else:
             return  # still contended: the next event or resync brings it back
-        if plan.event is not None and rec.phase is Phase.COMPLETED:
-            metrics.UPLOADED_BYTES.inc(int(rec.status.get("size") or 0))
-            done = parse_time(rec.status.get("completionTime")) or self.clock()
-            metrics.UPLOAD_LATENCY.observe(max(0.0, (done - rec.created).total_seconds()))
         if plan.callback:
             await self._call_back(RecordingView.from_body(slim(claimed)), plan.idempotency_token)
 

@@ -255,7 +255,7 @@ class Scheduler(Part):
         """Claim the recording for the pod; False if it changed since it was queued."""
         status, event = phases.scheduled(entry.action, entry.attempts, pod_name, _first(entry))
         try:
-            await self.kube.patch_status(
+            written = await self.kube.patch_status(
                 PLURAL, entry.namespace, entry.name, status, entry.resource_version
             )
         except Exception as exc:
@@ -263,6 +263,7 @@ class Scheduler(Part):
                 log.warning("could not schedule %s: %s", entry.ref, type(exc).__name__)
                 self.queues.put(entry)  # try again on a later tick
             return False
+        entry.scheduled_as(written)
         if event is not None:
             await self.events.post(_ref_body(entry), event)
         return True

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -26,6 +26,7 @@ from voicevault.contract import (
     BatchSpec,
     CredentialFile,
 )
+from voicevault.uploader import kubeapi
 from voicevault.uploader.batch import BatchSettings, run_batch
 from voicevault.uploader.bucketurl import parse_bucket_url
 from voicevault.uploader.recordingstatus import KubeStatusReporter
@@ -71,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
         transfer=TransferConfig(concurrency=args.part_concurrency, part_size=args.part_size * MIB),
         progress_interval=args.progress_interval,
     )
-    reporter = KubeStatusReporter(_custom_objects_api(), spec.pod)
+    try:
+        api = kubeapi.KubeApi(kubeapi.from_environment())
+    except (kubeapi.KubeConfigError, OSError, ValueError) as exc:
+        log.error("cannot reach the Kubernetes API: %s", exc)
+        return 1
+    reporter = KubeStatusReporter(api, spec.pod)
     clients = _ClientCache(credentials)
     log.info("batch started", extra={"pod": spec.pod, "node": spec.node, "items": len(spec.items)})
     outcome = run_batch(spec, settings, reporter, clients.get, cancel)
@@ -132,16 +138,6 @@ class _ClientCache:
                 client = make_client(location, self._credentials[item.credential])
                 self._clients[key] = client
             return client
-
-
-def _custom_objects_api() -> Any:
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.CustomObjectsApi()
 
 
 def _write_termination_message(path: Path, outcome: BatchOutcome) -> None:

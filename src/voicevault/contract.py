@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,6 +56,11 @@ class BatchItem(_Wire):
     credential: str  # file name of the credential in the batch Secret
     credential_name: str = ""  # the AwsCredential it came from (for a restarted operator)
     metadata: MetadataTarget | None = None  # write the metadata document beside the media
+    # the Recording as the operator's Scheduled write left it: its resourceVersion and the
+    # status fields the pod's writes build on (`phases.pod_base`), so its first write
+    # needs no read; empty (an older operator, a batch read back): read first
+    resource_version: str = ""
+    status: dict[str, Any] = Field(default_factory=dict)
 
 
 class BatchSpec(_Wire):

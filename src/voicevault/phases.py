@@ -55,6 +55,13 @@ class Event:
     message: str
 
 
+class NamedEvent(NamedTuple):
+    """An Event posted under a name of its own: posting it twice creates one Event."""
+
+    name: str
+    event: Event
+
+
 class Transition(NamedTuple):
     """A merge patch of `.status`, and the Event that tells people about it."""
 
@@ -297,6 +304,7 @@ def completed(
         return None
     upload = dict(status.get("upload") or {})
     upload.update({"bytesSent": stored, "bytesTotal": stored})
+    updates = [stored_condition(Phase.COMPLETED, media_url=media_url, at=at)]
     extra: dict[str, Any] = {}
     if metadata_url:
         done = condition(
@@ -306,11 +314,10 @@ def completed(
             f"metadata document stored at {metadata_url}",
             _at(at),
         )
-        extra = {
-            "metadataUrl": metadata_url,
-            "conditions": merge_conditions(status.get("conditions") or [], [done]),
-        }
+        updates.append(done)
+        extra = {"metadataUrl": metadata_url}
     return extra | {
+        "conditions": merge_conditions(status.get("conditions") or [], updates),
         "phase": Phase.COMPLETED.value,
         "reason": None,
         "message": "Stored in the bucket"
@@ -340,13 +347,16 @@ def failed(
     """Failed by the pod that met the fatal error (it knows what it did to the media)."""
     if status.get("phase") in TERMINAL:
         return None
+    message = message[:MAX_ERROR_MESSAGE]
+    stored = stored_condition(Phase.FAILED, code=code, error_message=message, at=at)
     return {
+        "conditions": merge_conditions(status.get("conditions") or [], [stored]),
         "phase": Phase.FAILED.value,
         "reason": Reason.FATAL_ERROR.value,
         "message": failed_summary(code, media_deleted=media_deleted),
         "errorCode": code,
         "errorClass": error_class,
-        "errorMessage": message[:MAX_ERROR_MESSAGE],
+        "errorMessage": message,
         "firstFailureTime": status.get("firstFailureTime") or at,
         "lastFailureTime": at,
         "nextRetryTime": None,
@@ -385,6 +395,54 @@ def metadata_pending(
 
 def _at(at: str) -> datetime:
     return parse_time(at) or datetime.now(UTC)
+
+
+def stored_message(
+    phase: Phase, *, media_url: Any = None, code: Any = None, error_message: Any = None
+) -> str:
+    """What the Stored condition and the outcome Event say (the same words for both)."""
+    if phase is Phase.COMPLETED:
+        return f"stored at {media_url}"
+    return f"error {code}: {error_message}"
+
+
+def stored_condition(
+    phase: Phase,
+    *,
+    at: str,
+    media_url: str | None = None,
+    code: int | None = None,
+    error_message: str | None = None,
+) -> dict[str, Any]:
+    """The Stored condition the pod's outcome write carries, so that settling a
+    recording without a callback writes nothing more."""
+    message = stored_message(phase, media_url=media_url, code=code, error_message=error_message)
+    if phase is Phase.COMPLETED:
+        return condition("Stored", True, "Uploaded", message, _at(at))
+    return condition("Stored", False, "UploadFailed", message, _at(at))
+
+
+def outcome_event(uid: str, name: str, status: dict[str, Any], patch: dict[str, Any]) -> NamedEvent:
+    """The Stored or Failed Event for the outcome `patch` writes over `status`, under the
+    name `settlement` would give it: posting it again after a crash creates nothing."""
+    after = status | patch
+    phase = _phase(after.get("phase"))
+    stored = find(after.get("conditions") or [], "Stored") or {}
+    message = str(stored.get("message", ""))
+    if phase is Phase.COMPLETED:
+        event = Event("Normal", "Stored", message)
+    else:
+        event = Event("Warning", "Failed", message)
+    return NamedEvent(f"{name}.{outcome_key_for(uid, after)}", event)
+
+
+# the status fields the in-pod functions above read: what an uploader pod must be told
+# of the status its first write builds on, so that write needs no read
+POD_READS = ("phase", "upload", "conditions", "firstFailureTime", "retryRequest")
+
+
+def pod_base(status: dict[str, Any]) -> dict[str, Any]:
+    return {key: status[key] for key in POD_READS if status.get(key) is not None}
 
 
 # -- after the pod -----------------------------------------------------------------------------
@@ -643,12 +701,16 @@ class Settlement:
 
 def outcome_key(rec: RecordingView) -> str:
     """Stable per recording and outcome (a manual retry starts a new outcome)."""
+    return outcome_key_for(rec.uid, rec.status)
+
+
+def outcome_key_for(uid: str, status: dict[str, Any]) -> str:
     text = "|".join(
         (
-            rec.uid,
-            str(rec.status.get("phase")),
-            str(rec.status.get("errorCode") or 0),
-            str(rec.status.get("retryRequest") or ""),
+            uid,
+            str(status.get("phase")),
+            str(status.get("errorCode") or 0),
+            str(status.get("retryRequest") or ""),
         )
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]

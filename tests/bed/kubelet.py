@@ -1097,7 +1097,8 @@ class _PodWorker:
             ],
             "current-context": "pod",
         }
-        _write_atomic(self.dir / "kubeconfig", yaml.safe_dump(config, sort_keys=False).encode())
+        # JSON (which is YAML too): the uploader reads it without importing a YAML parser
+        _write_atomic(self.dir / "kubeconfig", json.dumps(config, indent=1).encode())
         return account_dir
 
     def _request_token(self, pod: dict[str, Any]) -> str:

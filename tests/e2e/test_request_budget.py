@@ -20,7 +20,8 @@ from tests.bed.s3_moto import MotoS3
 from tests.bed.stack import SYSTEM_NAMESPACE, Stack
 from tests.bed.stack_fixtures import own_stack
 from tests.support.invariants import metric
-from tests.support.kube import wait_for
+from tests.support.kube import apiserver_request_counts, wait_for
+from voicevault import phases
 
 pytestmark = [pytest.mark.kube, pytest.mark.s3]
 NODES = ("node-a", "node-b", "node-c", "node-d")
@@ -33,24 +34,25 @@ def quiet_stack(moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 BUDGET_RECORDINGS = 40
-# Per recording without a callback, besides its create: the finalizer, Pending (the
-# snapshot), Scheduled (the claim for a pod), the uploader's outcome, and one Event.
+# Per recording without a callback, besides its create: the finalizer, Scheduled (the
+# claim for a pod, with the snapshot), the uploader's outcome (with Stored), one Event.
 BUDGET = {
     ("PATCH", "recordings", ""): 1.0,
-    ("PATCH", "recordings", "status"): 3.0,
+    ("PATCH", "recordings", "status"): 2.0,
     ("POST", "events", ""): 1.0,
 }
 # Per uploader pod: the operator's node read, Secret, pod, owner reference, the pod's
 # Event and two deletes; the kubelet's pod status writes, Secret reads, token, Events.
 POD_SHARE = 18
 POD_EVENTS = 2  # the operator's Uploading Event, and the kubelet's
+UNCOUNTED = ("leases", "namespaces", "awscredentials", "voicestoragesettings")
+CREATE = ("POST", "recordings")
 
 
 def test_a_recording_costs_its_writes_and_one_event_and_no_reads(quiet_stack: Stack) -> None:
     stack = quiet_stack
     account = stack.add_account()
-    before_text = stack.cp.metrics()
-    before = apimetrics.requests(before_text)
+    before = apiserver_request_counts(stack.cp)
     with ThreadPoolExecutor(8) as pool:
         list(
             pool.map(
@@ -92,23 +94,16 @@ def test_a_recording_costs_its_writes_and_one_event_and_no_reads(quiet_stack: St
     ]
     carried = sum(int(str(e.message).split()[0]) for e in batches)
     assert carried == BUDGET_RECORDINGS, [e.message for e in batches]
-    spent = apimetrics.diff(apimetrics.requests(stack.cp.metrics()), before)
-    spent = {
-        key: n
-        for key, n in spent.items()
-        if key[0] not in ("LIST", "WATCH")
-        and key[1] not in ("leases", "namespaces", "awscredentials", "voicestoragesettings")
-        and key != ("POST", "recordings", "")
-    }
+    after = apiserver_request_counts(stack.cp)
+    spent: dict[tuple[str, str, str], float] = {}
+    conflicts = 0.0  # a resync page crossing a write costs a 409, a read and a write again
+    for (verb, resource, sub, code), n in apimetrics.diff(after, before).items():
+        if verb in ("LIST", "WATCH") or resource in UNCOUNTED or (verb, resource) == CREATE:
+            continue
+        spent[verb, resource, sub] = spent.get((verb, resource, sub), 0.0) + n
+        if resource == "recordings" and code == "409":
+            conflicts += n
     pods = metric(stack.operator.metrics(), "voicevault_uploader_pods_created_total")
-    text = stack.cp.metrics()
-    # a conflict (a resync page crossing a write) costs a read and a second write; a
-    # fault-free burst has a handful at most, and each is counted here
-    conflicts = sum(
-        apimetrics.request_codes(text, "PATCH", "recordings", sub).get("409", 0.0)
-        - apimetrics.request_codes(before_text, "PATCH", "recordings", sub).get("409", 0.0)
-        for sub in ("", "status")
-    )
     per = {key: n / BUDGET_RECORDINGS for key, n in spent.items()}
     reads = sum(n for key, n in spent.items() if key[0] == "GET" and key[1] == "recordings")
     assert reads <= conflicts, f"recordings read {reads} times, {conflicts} conflicts: {per}"
@@ -118,3 +113,21 @@ def test_a_recording_costs_its_writes_and_one_event_and_no_reads(quiet_stack: St
         assert spent.get(key, 0.0) <= allowed * BUDGET_RECORDINGS + extra, (key, per)
     total = sum(spent.values())
     assert total <= BUDGET_RECORDINGS * sum(BUDGET.values()) + POD_SHARE * pods + 2 * conflicts, per
+
+
+def test_the_uploader_writes_the_outcome_with_stored_and_posts_its_named_event(
+    quiet_stack: Stack,
+) -> None:
+    stack = quiet_stack
+    account = stack.add_account()
+    stack.record(account, "call-1", os.urandom(2048))
+    stack.wait_condition(account.namespace, "recordings", "call-1", "Stored", timeout=90)
+    body = stack.get(account.namespace, "recordings", "call-1")
+    stored = next(c for c in body["status"]["conditions"] if c["type"] == "Stored")
+    assert (stored["status"], stored["reason"]) == ("True", "Uploaded")
+    assert body["status"]["phase"] == "Completed" and body["status"]["attempts"] == 1
+    rec = phases.RecordingView.from_body(body)
+    outcome = [e for e in stack.events(account.namespace) if e.reason == "Stored"]
+    assert [e.metadata.name for e in outcome] == [f"call-1.{phases.outcome_key(rec)}"]
+    assert outcome[0].reporting_component == "voicevault-uploader"
+    assert outcome[0].message == f"stored at {body['status']['mediaUrl']}"

@@ -242,7 +242,10 @@ UPLOADER_CAN = [
     ("list", "pods", "UPLOADS", False),
     ("create", "pods", "UPLOADS", False),
     ("patch", "voicestoragesettings.voicevault.io/status", "acct-a", False),
-    ("create", "events", "acct-a", False),
+    ("create", "events", "acct-a", True),
+    ("patch", "events", "acct-a", False),
+    ("list", "events", "acct-a", False),
+    ("delete", "events", "acct-a", False),
 ]
 
 

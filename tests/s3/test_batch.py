@@ -4,6 +4,7 @@ the node after success, fatal and transient failures, and on purge."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -370,7 +371,7 @@ def test_batch_command_summary_counts_resent_parts(
         ).model_dump_json()
     )
     monkeypatch.setattr(logs, "setup", lambda *_: None)  # keep caplog's handler
-    monkeypatch.setattr(batch_command, "_custom_objects_api", lambda: None)
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path)))  # never contacted
     monkeypatch.setattr(
         batch_command, "KubeStatusReporter", lambda _api, _pod: _CountingAdapter(Reporter())
     )
@@ -405,6 +406,19 @@ def test_batch_command_summary_counts_resent_parts(
     assert getattr(done[0], "completed", None) == 1
     assert "1 parts re-sent" in done[0].getMessage()
     assert '"p":1' in (tmp_path / "termination-log").read_text()
+
+
+def _kubeconfig(tmp_path: Path) -> Path:
+    path = tmp_path / "kubeconfig"
+    cluster = {"server": "https://127.0.0.1:9", "insecure-skip-tls-verify": True}
+    config = {
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": {"token": "unused"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    path.write_text(json.dumps(config))
+    return path
 
 
 class _CountingAdapter(_Adapter):

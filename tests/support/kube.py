@@ -125,21 +125,6 @@ def phases(api: Any, namespace: str, names: Sequence[str]) -> dict[str, str | No
 
 def apiserver_request_counts(plane: Any) -> dict[tuple[str, str, str, str], float]:
     """`apiserver_request_total` by (verb, resource, subresource, code), from the apiserver."""
-    import re
-    import urllib.request
+    from bench import apimetrics
 
-    context = plane._ssl_context(plane._admin)  # the admin's client certificate
-    with urllib.request.urlopen(f"{plane.server}/metrics", context=context, timeout=30) as r:  # noqa: S310
-        text = r.read().decode()
-    counts: dict[tuple[str, str, str, str], float] = {}
-    for line in text.splitlines():
-        if line.startswith("apiserver_request_total{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            key = (
-                labels.get("verb", ""),
-                labels.get("resource", ""),
-                labels.get("subresource", ""),
-                labels.get("code", ""),
-            )
-            counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-    return counts
+    return apimetrics.requests_by_code(plane.metrics())

@@ -219,14 +219,11 @@ def test_completed_carries_the_metadata_url_and_condition() -> None:
     patch = completed_patch(_result(URL + ".json"), {"phase": "Uploading"}, AT)
     assert patch is not None and patch["phase"] == "Completed"
     assert patch["metadataUrl"] == URL + ".json"
-    (cond,) = patch["conditions"]
-    assert (cond["type"], cond["status"], cond["reason"]) == (
-        "MetadataStored",
-        "True",
-        "MetadataStored",
-    )
+    by_type = {c["type"]: (c["status"], c["reason"]) for c in patch["conditions"]}
+    assert by_type == {"MetadataStored": ("True", "MetadataStored"), "Stored": ("True", "Uploaded")}
     plain = completed_patch(_result(None), {"phase": "Uploading"}, AT)
-    assert plain is not None and "metadataUrl" not in plain and "conditions" not in plain
+    assert plain is not None and "metadataUrl" not in plain
+    assert [c["type"] for c in plain["conditions"]] == ["Stored"]
 
 
 def test_a_pending_document_sets_the_media_url_and_says_so() -> None:

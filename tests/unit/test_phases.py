@@ -130,30 +130,30 @@ def test_scheduled_counts_the_attempt_and_claims_the_recording_for_the_pod() -> 
 
 # -- in the pod ---------------------------------------------------------------------------
 
+T1, T2, T3, T4, T5, T6 = (f"2026-11-25T12:00:0{i}Z" for i in range(1, 7))
+
 
 def test_the_pod_writes_progress_then_its_outcome_and_never_twice() -> None:
     claimed = _scheduled().status
-    progress = phases.uploading(claimed, 5, 10, "t1")
+    progress = phases.uploading(claimed, 5, 10, T1)
     assert progress is not None
-    assert progress["upload"] == {"pod": POD, "startedAt": "t1", "bytesSent": 5, "bytesTotal": 10}
-    later = phases.uploading(_merged(claimed, progress), 10, 10, "t2")
-    assert later is not None and later["upload"]["startedAt"] == "t1"  # kept from the first
+    assert progress["upload"] == {"pod": POD, "startedAt": T1, "bytesSent": 5, "bytesTotal": 10}
+    later = phases.uploading(_merged(claimed, progress), 10, 10, T2)
+    assert later is not None and later["upload"]["startedAt"] == T1  # kept from the first
     done = phases.completed(
-        claimed | progress, media_url="u", stored=12, source_size=10, encryption=None, at="t3"
+        claimed | progress, media_url="u", stored=12, source_size=10, encryption=None, at=T3
     )
     assert done is not None and done["phase"] == "Completed" and done["size"] == 10
     assert done["upload"]["bytesSent"] == done["upload"]["bytesTotal"] == 12
-    assert done["completionTime"] == "t3" and done["nextRetryTime"] is None
+    assert done["completionTime"] == T3 and done["nextRetryTime"] is None
     finished = claimed | done
-    assert phases.uploading(finished, 1, 2, "t4") is None
+    assert phases.uploading(finished, 1, 2, T4) is None
     assert (
-        phases.completed(finished, media_url="u", stored=1, source_size=1, encryption=None, at="t5")
+        phases.completed(finished, media_url="u", stored=1, source_size=1, encryption=None, at=T5)
         is None
     )
     assert (
-        phases.failed(
-            finished, code=1, error_class="Fatal", message="m", media_deleted=True, at="t"
-        )
+        phases.failed(finished, code=1, error_class="Fatal", message="m", media_deleted=True, at=T6)
         is None
     )
 
@@ -161,17 +161,109 @@ def test_the_pod_writes_progress_then_its_outcome_and_never_twice() -> None:
 def test_failed_by_the_pod_says_what_happened_to_the_media() -> None:
     status = {"firstFailureTime": "earlier"}
     deleted = phases.failed(
-        status, code=16112, error_class="Fatal", message="x" * 2000, media_deleted=True, at="t"
+        status, code=16112, error_class="Fatal", message="x" * 2000, media_deleted=True, at=T6
     )
     assert deleted is not None and deleted["phase"] == "Failed"
-    assert deleted["firstFailureTime"] == "earlier" and deleted["lastFailureTime"] == "t"
+    assert deleted["firstFailureTime"] == "earlier" and deleted["lastFailureTime"] == T6
     assert len(deleted["errorMessage"]) == 1024
     assert "local media deleted" in deleted["message"]
     kept = phases.failed(
-        {}, code=16112, error_class="Fatal", message="m", media_deleted=False, at="t"
+        {}, code=16112, error_class="Fatal", message="m", media_deleted=False, at=T6
     )
     assert kept is not None and "nothing was deleted" in kept["message"]
-    assert kept["firstFailureTime"] == "t"
+    assert kept["firstFailureTime"] == T6
+
+
+def test_the_outcome_write_carries_stored_so_settling_without_a_callback_writes_nothing() -> None:
+    rec = _scheduled()
+    done = phases.completed(
+        rec.status, media_url="s3://b/k", stored=3, source_size=3, encryption=None, at=T1
+    )
+    assert done is not None
+    (stored,) = done["conditions"]
+    assert (stored["type"], stored["status"], stored["reason"], stored["message"]) == (
+        "Stored",
+        "True",
+        "Uploaded",
+        "stored at s3://b/k",
+    )
+    completed = _rec(_merged(rec.status, done))
+    assert phases.settlement(completed, NOW, "op") is None  # no callback: nothing more
+    assert not phases.needs_settling(completed)
+    # a lost answer, written again over what the first write left: nothing the second time
+    assert (
+        phases.completed(
+            completed.status, media_url="s3://b/k", stored=3, source_size=3, encryption=None, at=T2
+        )
+        is None
+    )
+
+
+def test_a_failed_outcome_carries_stored_false_with_the_error() -> None:
+    rec = _scheduled(conditions=[{"type": "MetadataStored", "status": "False", "reason": "x"}])
+    patch = phases.failed(
+        rec.status, code=16112, error_class="Fatal", message="denied", media_deleted=True, at=T1
+    )
+    assert patch is not None
+    by_type = {c["type"]: c for c in patch["conditions"]}
+    assert set(by_type) == {"MetadataStored", "Stored"}  # the earlier condition is kept
+    stored = by_type["Stored"]
+    assert (stored["status"], stored["reason"], stored["message"]) == (
+        "False",
+        "UploadFailed",
+        "error 16112: denied",
+    )
+    assert phases.settlement(_rec(_merged(rec.status, patch)), NOW, "op") is None
+
+
+def test_the_outcome_event_is_named_as_settlement_names_it() -> None:
+    """The pod's Event and the one the operator would post are one Event (one name)."""
+    for status in (_scheduled().status, _scheduled(retryRequest="again").status):
+        done = phases.completed(
+            status, media_url="s3://b/k", stored=1, source_size=1, encryption=None, at=T1
+        )
+        assert done is not None
+        named = phases.outcome_event(_rec().uid, "call-1", status, done)
+        after = _rec(_merged(status, done))
+        assert named.name == f"call-1.{phases.outcome_key(after)}"
+        assert named.event == phases.Event("Normal", "Stored", "stored at s3://b/k")
+    failed = phases.failed(
+        _scheduled().status, code=16105, error_class="Fatal", message="m", media_deleted=True, at=T1
+    )
+    assert failed is not None
+    named = phases.outcome_event(_rec().uid, "call-1", _scheduled().status, failed)
+    assert named.event == phases.Event("Warning", "Failed", "error 16105: m")
+    assert named.name == f"call-1.{phases.outcome_key(_rec(_merged(_scheduled().status, failed)))}"
+    stored = phases.completed(
+        _scheduled().status, media_url="u", stored=1, source_size=1, encryption=None, at=T1
+    )
+    assert stored is not None
+    assert (
+        named.name != phases.outcome_event(_rec().uid, "call-1", _scheduled().status, stored).name
+    )
+
+
+def test_a_pending_metadata_document_writes_no_stored_condition() -> None:
+    patch = phases.metadata_pending(
+        _scheduled().status,
+        media_url="s3://b/k",
+        source_size=1,
+        encryption=None,
+        metadata_url="s3://b/k.json",
+        fatal=False,
+        code=16111,
+        message="503",
+        at=T1,
+    )
+    assert patch is not None
+    assert [c["type"] for c in patch["conditions"]] == ["MetadataStored"]
+
+
+def test_the_pod_is_told_only_what_its_writes_read() -> None:
+    status = _scheduled(firstFailureTime=T1, retryRequest="r").status
+    base = phases.pod_base(status)
+    assert set(base) == {"phase", "upload", "firstFailureTime", "retryRequest"}
+    assert base["upload"]["pod"] == POD
 
 
 # -- after the pod: every kind of result --------------------------------------------------

@@ -45,18 +45,21 @@ def test_pending_and_cached_say_why() -> None:
     assert (cached["phase"], cached["reason"]) == ("Cached", "RetryWindowOver")
 
 
+AT = "2026-11-25T12:00:00Z"
+
+
 def test_local_and_failed_say_why() -> None:
     assert _reason(None) == ("Local", "NoSetting")
     assert _reason(_setting(enabled=False)) == ("Local", "ExternalStorageOff")
     patch, _ = fatal_failure({}, code=16112, message="denied", now=NOW)
     assert patch["reason"] == "FatalError"
     error = fatal(ErrorCode.ACCESS_DENIED, "denied")
-    failed = failed_patch(error, {}, "t", media_deleted=True)
+    failed = failed_patch(error, {}, AT, media_deleted=True)
     assert failed is not None and failed["reason"] == "FatalError"
 
 
 def test_phases_that_speak_for_themselves_clear_a_stale_reason() -> None:
     result = UploadResult(media_url="u", key="k", size=1, source_size=1, encryption=None)
-    completed, progress = completed_patch(result, {}, "t"), uploading({}, 1, 2, "t")
+    completed, progress = completed_patch(result, {}, AT), uploading({}, 1, 2, AT)
     assert completed is not None and completed["reason"] is None
     assert progress is not None and progress["reason"] is None

@@ -1,0 +1,50 @@
+"""An uploader pod imports only what it uses (issue #19: its start is paid per pod)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# what `voicevault uploader` does before its first PUT, without the network
+_START = """
+import json, sys
+from pathlib import Path
+from voicevault.uploader import batch_command, kubeapi
+from voicevault.uploader.bucketurl import parse_bucket_url
+from voicevault.uploader.s3client import AwsKeys, make_client
+
+api = kubeapi.KubeApi(kubeapi.from_environment())
+location = parse_bucket_url(
+    "http://127.0.0.1:9/recordings/calls", endpoint_url="http://127.0.0.1:9", region="us-east-1"
+)
+make_client(location, AwsKeys("AKIAEXAMPLE", "not-a-secret"))
+print(json.dumps(sorted(sys.modules)))
+"""
+
+NEVER = ("kubernetes", "boto3", "s3transfer.download", "s3transfer.manager", "yaml", "requests")
+
+
+def test_the_batch_command_and_its_clients_import_no_kubernetes_boto3_or_s3transfer(
+    tmp_path: Path,
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"tokenFile": str(tmp_path / "token")}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    env = {"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _START], capture_output=True, text=True, env=env, check=True
+    )
+    loaded = set(json.loads(out.stdout))
+    assert "voicevault.uploader.batch_command" in loaded and "botocore.client" in loaded
+    found = sorted(m for m in loaded if any(m == n or m.startswith(n + ".") for n in NEVER))
+    assert found == [], found
