@@ -52,6 +52,11 @@ CREATE = ("POST", "recordings")
 def test_a_recording_costs_its_writes_and_one_event_and_no_reads(quiet_stack: Stack) -> None:
     stack = quiet_stack
     account = stack.add_account()
+    # the account's own Events (credential, setting) are posted before the count starts
+    wait_for(
+        lambda: metric(stack.operator.metrics(), "voicevault_events_pending") == 0,
+        what="the account's Events posted",
+    )
     before = apiserver_request_counts(stack.cp)
     with ThreadPoolExecutor(8) as pool:
         list(
