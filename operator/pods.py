@@ -148,8 +148,8 @@ def batch_secret(
 ) -> dict[str, Any]:
     """The batch and its credentials. Created before the pod, so the pod starts at once;
     then owned by the pod (`owner_reference`) so it is garbage-collected with it."""
-    data = {BATCH_FILE: batch.model_dump_json()}
-    data.update({file: cred.model_dump_json() for file, cred in credentials.items()})
+    data = {BATCH_FILE: batch.to_json()}
+    data.update({file: cred.to_json() for file, cred in credentials.items()})
     return {
         "apiVersion": "v1",
         "kind": "Secret",

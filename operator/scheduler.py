@@ -273,7 +273,7 @@ class Scheduler(Part):
         if found is None or BATCH_FILE not in found[1]:
             return None
         try:
-            batch = BatchSpec.model_validate_json(found[1][BATCH_FILE])
+            batch = BatchSpec.from_json(found[1][BATCH_FILE])
         except ValueError:
             return None
         now = self.clock()

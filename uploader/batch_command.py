@@ -16,11 +16,10 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
 from voicevault import logs
 from voicevault.contract import (
     BATCH_FILE,
+    BatchFileError,
     BatchItem,
     BatchOutcome,
     BatchSpec,
@@ -100,19 +99,17 @@ def run(args: argparse.Namespace) -> int:
 def load_batch(directory: Path) -> tuple[BatchSpec, dict[str, AwsKeys]]:
     """The batch and its credentials; every secret value is registered for log scrubbing."""
     try:
-        spec = BatchSpec.model_validate_json((directory / BATCH_FILE).read_text())
-    except ValidationError as exc:
-        raise ValueError(
-            f"{BATCH_FILE} is not a valid batch ({exc.error_count()} errors)"
-        ) from None
+        spec = BatchSpec.from_json((directory / BATCH_FILE).read_text())
+    except BatchFileError as exc:
+        raise ValueError(f"{BATCH_FILE} is not a valid batch: {exc}") from None
     credentials: dict[str, AwsKeys] = {}
     for name in {item.credential for item in spec.items}:
         if "/" in name or name.startswith("."):
             raise ValueError(f"invalid credential file name {name!r}")
         try:
-            raw = CredentialFile.model_validate_json((directory / name).read_text())
-        except ValidationError:
-            raise ValueError(f"credential file {name} is not valid") from None
+            raw = CredentialFile.from_json((directory / name).read_text(), name)
+        except BatchFileError as exc:
+            raise ValueError(f"credential file {name} is not valid: {exc}") from None
         for value in (raw.access_key_id, raw.secret_access_key, raw.session_token):
             logs.register_secret(value)
         credentials[name] = AwsKeys(raw.access_key_id, raw.secret_access_key, raw.session_token)

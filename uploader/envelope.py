@@ -14,12 +14,7 @@ import base64
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from typing import BinaryIO, ClassVar, Final
-
-from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+from typing import TYPE_CHECKING, BinaryIO, ClassVar, Final
 
 from voicevault.contract import (
     DETAILS_TYPE,
@@ -28,6 +23,12 @@ from voicevault.contract import (
     EncryptionDetails,
     strict_b64decode,
 )
+
+if TYPE_CHECKING:
+    # `cryptography` is imported where it is used: an uploader pod whose batch holds no
+    # public key never needs it, and its import is about 20 ms of each pod's start (#19)
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives.ciphers import CipherContext
 
 __all__ = [
     "DETAILS_TYPE",
@@ -61,11 +62,18 @@ class InvalidPublicKey(ValueError):  # noqa: N818 - the name is part of the agre
 
 
 def _oaep() -> padding.OAEP:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     return padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
 def load_public_key(pem: str | bytes) -> rsa.RSAPublicKey:
     """Load and vet the customer's key: PEM, RSA, at least MIN_RSA_KEY_BITS."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     try:
         data = pem.encode("utf-8") if isinstance(pem, str) else pem
     except UnicodeEncodeError:
@@ -93,6 +101,8 @@ def load_public_key(pem: str | bytes) -> rsa.RSAPublicKey:
 
 def public_key_sid(key: rsa.RSAPublicKey) -> str:
     """A stable SID for the key (same key → same SID), Twilio's `CR` + 32 hex shape."""
+    from cryptography.hazmat.primitives import serialization
+
     der = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -132,6 +142,8 @@ class StreamEncryptor:
     """AES-256-GCM over a stream in chunks, so memory stays flat for any file size."""
 
     def __init__(self, content_key: ContentKey) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
         cipher = Cipher(algorithms.AES(content_key.key), modes.GCM(content_key.iv))
         self._context = cipher.encryptor()
         self._tag: bytes | None = None
@@ -184,6 +196,10 @@ def open_content_key(
 
 
 def _load_private_key(pem: bytes, password: bytes | None) -> rsa.RSAPrivateKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     try:
         key = serialization.load_pem_private_key(pem, password=password)
     except TypeError:
@@ -221,6 +237,9 @@ def decrypt_stream(
             f"encrypted object is truncated: {ciphertext_size} bytes is smaller than the "
             f"{TAG_SIZE}-byte tag"
         )
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     cipher = Cipher(algorithms.AES(content_key.key), modes.GCM(content_key.iv))
     context = cipher.decryptor()
     body = ciphertext_size - TAG_SIZE

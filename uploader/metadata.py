@@ -15,20 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from voicevault.crds.recording import (
-    ACCOUNT_SID,
-    CALL_SID,
-    CONFERENCE_SID,
-    RECORDING_SID,
-    RecordingSource,
-    RecordingSpec,
-    StorageSnapshot,
-)
+from voicevault.crds.recording_names import RecordingSource
 
 if TYPE_CHECKING:
     from voicevault.contract import EncryptionDetails
+    from voicevault.crds.recording import RecordingSpec, StorageSnapshot
     from voicevault.crds.voicestoragesetting import VoiceStorageSettingSpec
 
 SCHEMA_ID = "https://voicevault.io/schemas/recording-metadata/v1.json"
@@ -46,20 +37,22 @@ def metadata_enabled(setting: VoiceStorageSettingSpec) -> bool:
     return setting.metadata_object is not None and setting.metadata_object.enabled
 
 
-class RecordingFacts(BaseModel):
-    """The Twilio-like metadata of one recording, as the document reports it."""
+@dataclass(frozen=True, kw_only=True)
+class RecordingFacts:
+    """The Twilio-like metadata of one recording, as the document reports it.
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    Built from a validated `RecordingSpec` by the operator; the pod reads it back from
+    the batch file with `contract.parse_batch`, which checks the same rules."""
 
-    account_sid: str = Field(pattern=ACCOUNT_SID)
-    recording_sid: str = Field(pattern=RECORDING_SID)
-    call_sid: str | None = Field(default=None, pattern=CALL_SID)
-    conference_sid: str | None = Field(default=None, pattern=CONFERENCE_SID)
+    account_sid: str
+    recording_sid: str
+    call_sid: str | None = None
+    conference_sid: str | None = None
     source: RecordingSource
-    channels: int = Field(default=1, ge=1, le=2)
+    channels: int = 1
     track: Literal["inbound", "outbound", "both"] = "both"
     start_time: datetime
-    duration: int = Field(ge=0)
+    duration: int
 
     @classmethod
     def from_spec(cls, spec: RecordingSpec, recording_sid: str) -> RecordingFacts:
@@ -76,10 +69,9 @@ class RecordingFacts(BaseModel):
         )
 
 
-class MetadataTarget(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class MetadataTarget:
     """Where the document goes and what it says about the recording (one batch item)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     key: str
     url: str
@@ -93,6 +85,10 @@ def metadata_target(
     (its setting had metadataObject off when the recording was accepted)."""
     if not snapshot.metadata_key or not snapshot.metadata_url:
         return None
+    from pydantic import ValidationError
+
+    from voicevault.crds.recording import RecordingSpec
+
     try:
         parsed = RecordingSpec.model_validate(spec)
     except ValidationError:

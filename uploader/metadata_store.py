@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from voicevault import __version__
+from voicevault import package_version
 from voicevault.uploader.metadata import (
     CONTENT_TYPE,
     MetadataTarget,
@@ -61,7 +61,7 @@ def store_metadata(
     pending = state.metadata if state is not None else None
     if pending is None or pending.key != target.key:
         document = encode_document(
-            build_document(target.recording, stored_media(result), __version__)
+            build_document(target.recording, stored_media(result), package_version())
         )
         pending = MetadataState(key=target.key, document=document.decode())
         if state is not None:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from voicevault import API_GROUP, API_VERSION, phases
 from voicevault.contract import BatchItem
-from voicevault.crds.recording import KIND, PLURAL
+from voicevault.crds.recording_names import KIND, PLURAL
 from voicevault.uploader.errors import UploadError
 from voicevault.uploader.kubeapi import KubeApi, KubeApiError, custom_object_path, events_path
 from voicevault.uploader.transfer import UploadResult

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from botocore.exceptions import ClientError
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from voicevault.contract import ErrorCode
 from voicevault.uploader import envelope
@@ -59,6 +58,7 @@ from voicevault.uploader.state import (
 )
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
     from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("voicevault.uploader")

@@ -14,14 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from voicevault.contract import ErrorClass, ErrorCode
+from voicevault.batchfile import read_facts
+from voicevault.contract import BatchFileError, ErrorClass, ErrorCode
 from voicevault.uploader import envelope
 from voicevault.uploader.bucketurl import BucketUrlError, parse_bucket_url
 from voicevault.uploader.errors import UploadError, fatal
 from voicevault.uploader.media import content_type_for
-from voicevault.uploader.metadata import MetadataTarget, RecordingFacts, metadata_object_key
+from voicevault.uploader.metadata import MetadataTarget, metadata_object_key
 from voicevault.uploader.metadata_store import store_metadata
 from voicevault.uploader.progress import for_stream
 from voicevault.uploader.s3client import AwsKeys, ClientSettings, make_client
@@ -193,11 +192,10 @@ def _metadata_target(args: argparse.Namespace, request: UploadRequest) -> Metada
         "duration": args.duration,
     }
     try:
-        facts = RecordingFacts.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        flag = "--" + str(first["loc"][0]).replace("_", "-")
-        raise UsageError(f"{flag}: {first['msg']}") from None
+        facts = read_facts(fields, "metadata")
+    except BatchFileError as exc:
+        flag = "--" + exc.field_name.replace("_", "-")
+        raise UsageError(f"{flag}: {str(exc).partition(': ')[2]}") from None
     if facts.start_time.tzinfo is None:
         raise UsageError("--start-time needs a time zone (e.g. 2026-11-02T14:03:00Z)")
     key = metadata_object_key(request.key)

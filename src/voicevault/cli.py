@@ -61,9 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(args_list)
         if args.version:
-            from voicevault import __version__
+            from voicevault import package_version
 
-            print(__version__)
+            print(package_version())
             return EXIT_OK
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -5,7 +5,8 @@ Secret it owns and mounts into the pod. The pod answers with a `BatchOutcome` in
 termination message, so the operator learns every result even when a status patch
 failed or the API was unreachable. The error codes both ends speak and the encryption
 details the pod writes into the status are here too. Both ends import this module; it
-does no I/O.
+does no I/O, and no pydantic: the pod's start is paid per pod (#19), so these are
+plain dataclasses and `batchfile` reads them, with messages that name the field.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from voicevault.uploader.metadata import MetadataTarget
+if TYPE_CHECKING:
+    from voicevault.uploader.metadata import MetadataTarget
 
 BATCH_FILE = "batch.json"
 SPEC_VERSION = 1
@@ -32,11 +32,16 @@ TERMINATION_MESSAGE_LIMIT = 4096
 MAX_BATCH_ITEMS = 400
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+class BatchFileError(ValueError):
+    """A batch or credential file the pod cannot read: which field, and what is wrong."""
+
+    def __init__(self, message: str, field_name: str = "") -> None:
+        super().__init__(message)
+        self.field_name = field_name  # the field at fault, without its path; "" if none
 
 
-class BatchItem(_Wire):
+@dataclass(frozen=True, kw_only=True)
+class BatchItem:
     """One recording of the batch, with everything needed to upload it (no secrets)."""
 
     namespace: str
@@ -60,17 +65,37 @@ class BatchItem(_Wire):
     # status fields the pod's writes build on (`phases.pod_base`), so its first write
     # needs no read; empty (an older operator, a batch read back): read first
     resource_version: str = ""
-    status: dict[str, Any] = Field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "item") -> BatchItem:
+        from voicevault import batchfile
+
+        return batchfile.read_item(data, where)
 
 
-class BatchSpec(_Wire):
+@dataclass(frozen=True, kw_only=True)
+class BatchSpec:
     version: int = SPEC_VERSION
     pod: str
     node: str
     items: list[BatchItem]
 
+    def to_json(self) -> str:
+        from voicevault import batchfile
 
-class CredentialFile(_Wire):
+        return batchfile.to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> BatchSpec:
+        """Raises BatchFileError, naming the first field that is missing or wrong."""
+        from voicevault import batchfile
+
+        return batchfile.read_spec(batchfile.load(text, BATCH_FILE))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CredentialFile:
     """Contents of one credential file in the batch Secret. Never logged."""
 
     access_key_id: str
@@ -81,6 +106,18 @@ class CredentialFile(_Wire):
         return "CredentialFile(<hidden>)"
 
     __str__ = __repr__
+
+    def to_json(self) -> str:
+        from voicevault import batchfile
+
+        return batchfile.to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, name: str = "credential file") -> CredentialFile:
+        """Raises BatchFileError naming the field, never quoting a value."""
+        from voicevault import batchfile
+
+        return batchfile.read_credential(batchfile.load(text, name), name)
 
 
 def credential_file_name(index: int) -> str:
@@ -111,17 +148,19 @@ _KIND_CODES: dict[str, str] = {
 _CODE_KINDS = {v: k for k, v in _KIND_CODES.items()}
 
 
-class ItemResult(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class ItemResult:
     kind: ResultKind
     error_code: int | None = None
     message: str = ""
     parts_resent: int = 0  # summed into the batch outcome; not sent per item
 
 
-class BatchOutcome(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class BatchOutcome:
     """Results in batch order; `None` where the pod never got to the item."""
 
-    results: list[ItemResult | None] = Field(default_factory=list)
+    results: list[ItemResult | None] = field(default_factory=list)
     parts_resent: int = 0  # bodies the storage rejected as corrupted in transit and re-sent
 
     def encode(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
@@ -176,7 +215,7 @@ def _decode_one(code: str, messages: list[str]) -> ItemResult | None:
     kind = _CODE_KINDS[code[0]]
     rest, _, index = code[1:].partition(":")
     return ItemResult(
-        kind=kind,
+        kind=kind,  # type: ignore[arg-type]  # one of _KIND_CODES' keys, all ResultKinds
         error_code=int(rest) if rest else None,
         message=messages[int(index)] if index else "",
     )

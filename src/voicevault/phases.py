@@ -23,22 +23,19 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from voicevault.contract import ErrorCode, ItemResult
-from voicevault.crds.recording import (
-    FINALIZER,
-    RETRY_ANNOTATION,
-    Phase,
-    Reason,
-    StorageSnapshot,
-)
+from voicevault.crds.recording_names import FINALIZER, RETRY_ANNOTATION, Phase, Reason
 from voicevault.operator.conditions import condition, find, iso, merge_conditions, parse_time
 from voicevault.operator.retrypolicy import RetryPolicy, next_retry
 from voicevault.operator.sids import recording_sid
 from voicevault.uploader.errors import failed_summary
+
+if TYPE_CHECKING:
+    # the pydantic models: the operator's side needs them, the uploader pod's does not
+    # (its start is paid per pod, #19), so they are imported where a snapshot is read
+    from voicevault.crds.recording import StorageSnapshot
 
 EventType = Literal["Normal", "Warning"]
 TERMINAL = (Phase.COMPLETED.value, Phase.FAILED.value)
@@ -147,6 +144,10 @@ def _phase(value: Any) -> Phase | None:
 def _snapshot(raw: Any) -> StorageSnapshot | None:
     if not raw:
         return None
+    from pydantic import ValidationError
+
+    from voicevault.crds.recording import StorageSnapshot
+
     try:
         return StorageSnapshot.model_validate(raw)
     except ValidationError:

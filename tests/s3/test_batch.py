@@ -106,7 +106,7 @@ def _item(
         "media_url": location.object_url(key),
         "credential": "c0",
     }
-    return BatchItem.model_validate(fields | extra)
+    return BatchItem.from_dict(fields | extra)
 
 
 def _run(
@@ -368,7 +368,7 @@ def test_batch_command_summary_counts_resent_parts(
     (batch_dir / "c0").write_text(
         CredentialFile(
             access_key_id=account.access_key_id, secret_access_key=account.secret_access_key
-        ).model_dump_json()
+        ).to_json()
     )
     monkeypatch.setattr(logs, "setup", lambda *_: None)  # keep caplog's handler
     monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path)))  # never contacted
@@ -392,7 +392,7 @@ def test_batch_command_summary_counts_resent_parts(
         proxy.add_rule(Rule(action=CorruptRequestByte(offset=99), method="PUT", times=1))
         item = _item(account, "x", "x.wav", endpoint=proxy.url)
         spec = BatchSpec(pod="pod-1", node="node-1", items=[item])
-        (batch_dir / BATCH_FILE).write_text(spec.model_dump_json())
+        (batch_dir / BATCH_FILE).write_text(spec.to_json())
         try:
             with caplog.at_level(logging.INFO, logger="voicevault.uploader"):
                 code = batch_command.run(args)

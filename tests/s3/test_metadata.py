@@ -5,6 +5,7 @@ failing by the media's transient/fatal rules."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -298,7 +299,7 @@ def _with_metadata(item: BatchItem) -> BatchItem:
     )
     key = metadata_object_key(item.object_key)
     target = MetadataTarget(key=key, url=item.media_url + ".json", recording=facts)
-    return item.model_copy(update={"metadata": target})
+    return dataclasses.replace(item, metadata=target)
 
 
 def _state(root: Path) -> StateStore:

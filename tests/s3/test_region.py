@@ -285,7 +285,7 @@ def test_a_hint_without_region_refuses_the_setting_and_keeps_the_media(
     media.write_bytes(os.urandom(2048))
     sid = "RE" + "c" * 32
     key = location.object_key(ACCOUNT_SID, sid, ".wav")
-    item = BatchItem.model_validate(
+    item = BatchItem.from_dict(
         {
             "namespace": "acct",
             "name": "call",

@@ -15,6 +15,7 @@ from voicevault.contract import (
     BatchSpec,
     CredentialFile,
     ItemResult,
+    ResultKind,
 )
 from voicevault.crds.recording import RecordingSpec, StorageSnapshot
 from voicevault.operator import credentials, pods, settings
@@ -89,13 +90,20 @@ def test_batch_secret_holds_the_batch_and_keys_and_is_owned_by_the_pod() -> None
 
 
 def _result(i: int) -> ItemResult | None:
-    kinds = ["completed", "transient", "fatal", "purged", "completed-unrecorded", "skipped"]
+    kinds: list[ResultKind] = [
+        "completed",
+        "transient",
+        "fatal",
+        "purged",
+        "completed-unrecorded",
+        "skipped",
+    ]
     kind = kinds[i % len(kinds)]
     if i % 7 == 6:
         return None
     code = 16111 if kind == "transient" else 16112 if kind == "fatal" else None
     message = f"message {i % 3} " + "x" * 150 if code else ""
-    return ItemResult.model_validate({"kind": kind, "error_code": code, "message": message})
+    return ItemResult(kind=kind, error_code=code, message=message)
 
 
 def test_outcome_round_trips_and_fits_the_termination_message() -> None:
@@ -329,7 +337,7 @@ def test_batch_item_round_trip() -> None:
         credential="credential-0.json",
     )
     spec = BatchSpec(pod="p", node="n", items=[item])
-    assert BatchSpec.model_validate_json(spec.model_dump_json()) == spec
+    assert BatchSpec.from_json(spec.to_json()) == spec
 
 
 def test_each_batch_item_gets_its_own_namespaces_credentials() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from botocore.loaders import JSONFileLoader
 
@@ -43,3 +46,30 @@ def test_after_warm_up_a_client_reads_no_model_file(monkeypatch: pytest.MonkeyPa
     )
     client = make_client(location, AwsKeys("AKIATHIRDTHIRDTHIRD3", "third-secret"))
     assert client.meta.endpoint_url == "http://127.0.0.1:9000"
+
+
+def test_the_plain_loader_reads_the_same_model_as_botocores() -> None:
+    """Plain dicts instead of OrderedDicts (a start cost, #19): same data, same order."""
+    import botocore
+
+    from voicevault.uploader.s3client import _PlainJSONFileLoader
+
+    data = Path(botocore.__file__).parent / "data"
+    for name in ("endpoints", "s3/2006-03-01/service-2", "s3/2006-03-01/endpoint-rule-set-1"):
+        ours = _PlainJSONFileLoader().load_file(str(data / name))
+        theirs = JSONFileLoader().load_file(str(data / name))
+        assert ours is not None and json.dumps(ours) == json.dumps(theirs), name
+        assert type(ours) is dict
+
+
+def test_handlers_other_than_botocores_are_still_checked_for_kwargs() -> None:
+    from voicevault.uploader.s3client import _Emitter
+
+    emitter = _Emitter()
+    with pytest.raises(ValueError, match="must accept keyword arguments"):
+        emitter.register("after-call.s3", lambda http_response: None)
+    emitter.register("after-call.s3", lambda **_: None)  # accepted
+    location = parse_bucket_url("https://bucket-one.s3.eu-west-1.amazonaws.com/calls/")
+    client = make_client(location, AwsKeys("AKIAFOURTHFOURTHFOU4", "fourth-secret"))
+    with pytest.raises(ValueError, match="must accept keyword arguments"):
+        client.meta.events.register("after-call.s3", lambda http_response: None)
