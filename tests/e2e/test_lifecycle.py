@@ -24,6 +24,17 @@ def _patch_setting(stack: Stack, namespace: str, spec: dict[str, object]) -> Non
     )
 
 
+def _wait_gone(stack: Stack, namespace: str, name: str) -> None:
+    def gone() -> bool:
+        try:
+            stack.get(namespace, "recordings", name)
+        except k8s.ApiException as exc:
+            return bool(exc.status == 404)
+        return False
+
+    wait_for(gone, timeout=90, what=f"Recording {name} to be deleted")
+
+
 def test_a_setting_change_applies_only_to_recordings_created_after_it(
     live_stack: Stack, proxy: FaultProxy
 ) -> None:
@@ -90,14 +101,7 @@ def test_deleting_a_recording_mid_upload_leaves_no_upload_and_no_file(
 
     live_stack.delete(account.namespace, "recordings", "doomed")
 
-    def gone() -> bool:
-        try:
-            live_stack.get(account.namespace, "recordings", "doomed")
-        except k8s.ApiException as exc:
-            return bool(exc.status == 404)
-        return False
-
-    wait_for(gone, timeout=90, what="the Recording to be deleted")
+    _wait_gone(live_stack, account.namespace, "doomed")
     assert not media.exists(), "local media removed before the resource went"
     assert live_stack.open_uploads(account) == [], "the multipart upload was aborted"
 
@@ -125,14 +129,7 @@ def test_a_recording_queued_behind_a_busy_pod_has_no_phase_yet_and_deleting_it_p
     assert hold.applied == 1 and media.exists()
     live_stack.delete(account.namespace, "recordings", "queued")
 
-    def gone() -> bool:
-        try:
-            live_stack.get(account.namespace, "recordings", "queued")
-        except k8s.ApiException as exc:
-            return bool(exc.status == 404)
-        return False
-
-    wait_for(gone, timeout=90, what="the queued Recording to be deleted")
+    _wait_gone(live_stack, account.namespace, "queued")
     assert not media.exists(), "its media was removed before the resource went"
     done = live_stack.wait_phase(account.namespace, "hold", "Completed", timeout=60)["status"]
     assert done["attempts"] == 1

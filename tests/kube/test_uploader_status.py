@@ -111,18 +111,10 @@ def _scheduled(kube_api: Any, namespace: str, name: str) -> BatchItem:
     body = create(kube_api, PLURAL, namespace, samples.recording(name))
     status, _ = phases.scheduled("upload", 0, POD)
     written = _patch_status(kube_api, namespace, name, status | {"sid": "RE" + "0" * 32})
-    return BatchItem(
+    return samples.batch_item(
         namespace=namespace,
         name=name,
         uid=body["metadata"]["uid"],
-        sid="RE" + "0" * 32,
-        media_path="2026/11/call-1.wav",
-        bucket_url="https://recordings.s3.amazonaws.com/calls",
-        region="us-east-1",
-        bucket="recordings",
-        object_key="calls/x.wav",
-        media_url="https://recordings.s3.amazonaws.com/calls/x.wav",
-        credential="credential-0.json",
         resource_version=written["metadata"]["resourceVersion"],
         status=phases.pod_base(written["status"]),
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from voicevault.contract import BatchItem
+
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 CALL_SID = "CA" + "fedcba9876543210" * 2
 
@@ -70,3 +72,21 @@ def changed(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     else:
         node[last] = value
     return out
+
+
+def batch_item(**changes: Any) -> BatchItem:
+    """A batch item for a plain upload into `recordings` (us-east-1); `changes` override."""
+    fields: dict[str, Any] = {
+        "namespace": "acct",
+        "name": "call-1",
+        "uid": "u-1",
+        "sid": "RE" + "0" * 32,
+        "media_path": "2026/11/call-1.wav",
+        "bucket_url": "https://recordings.s3.amazonaws.com/calls",
+        "region": "us-east-1",
+        "bucket": "recordings",
+        "object_key": "calls/x.wav",
+        "media_url": "https://recordings.s3.amazonaws.com/calls/x.wav",
+        "credential": "credential-0.json",
+    }
+    return BatchItem(**(fields | changes))

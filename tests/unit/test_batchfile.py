@@ -28,18 +28,13 @@ FACTS = RecordingFacts(
 
 
 def _item(**changes: object) -> BatchItem:
-    item = BatchItem(
+    item = samples.batch_item(
         namespace="ns",
-        name="call",
-        uid="u-1",
         sid=SID,
-        media_path="2026/call.wav",
         bucket_url="s3://bucket/calls",
         region="eu-west-1",
         bucket="bucket",
-        object_key="calls/x.wav",
         media_url="https://bucket.s3.eu-west-1.amazonaws.com/calls/x.wav",
-        credential="credential-0.json",
         metadata=MetadataTarget(
             key="calls/x.wav.json", url="https://b/x.wav.json", recording=FACTS
         ),

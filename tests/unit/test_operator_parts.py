@@ -10,7 +10,6 @@ from tests.support import samples
 from voicevault.contract import (
     MAX_BATCH_ITEMS,
     TERMINATION_MESSAGE_LIMIT,
-    BatchItem,
     BatchOutcome,
     BatchSpec,
     CredentialFile,
@@ -323,19 +322,7 @@ def test_callback_parameters_are_twilio_shaped() -> None:
 
 
 def test_batch_item_round_trip() -> None:
-    item = BatchItem(
-        namespace="a",
-        name="r",
-        uid="u",
-        sid="RE" + "0" * 32,
-        media_path="x.wav",
-        bucket_url="https://b.s3.amazonaws.com/",
-        region="us-east-1",
-        bucket="b",
-        object_key="k",
-        media_url="https://b.s3.amazonaws.com/k",
-        credential="credential-0.json",
-    )
+    item = samples.batch_item()
     spec = BatchSpec(pod="p", node="n", items=[item])
     assert BatchSpec.from_json(spec.to_json()) == spec
 
