@@ -270,6 +270,14 @@ def _burst(
         "watch": apimetrics.diff(
             apimetrics.watch_events(metrics_after), apimetrics.watch_events(metrics_before)
         ),
+        "conflicts": sum(
+            n
+            for (verb, resource, _, code), n in apimetrics.diff(
+                apimetrics.requests_by_code(metrics_after),
+                apimetrics.requests_by_code(metrics_before),
+            ).items()
+            if resource == "recordings" and code == "409"
+        ),
         "operator_metrics": operator_metrics(),
     }
 
@@ -708,6 +716,9 @@ def report(r: dict[str, Any], title: str) -> str:
     not_creates = sum(requests.values()) - n
     lines += [
         f"| all | but the creates | {not_creates:.0f} | **{not_creates / n:.2f}** |",
+        "",
+        f"Of these, {r.get('conflicts', 0):.0f} Recording writes were refused with 409 (a"
+        " write based on a version that had changed since).",
         "",
     ]
     s3_requests: dict[str, int] = r.get("s3_requests", {})
