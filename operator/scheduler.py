@@ -233,22 +233,37 @@ class Scheduler(Part):
         unusable fail now."""
         by_ref: dict[tuple[str, str], CredentialFile | None] = {}
         usable: list[QueueEntry] = []
+        waiting: list[QueueEntry] = []
+        waiting_refs: set[tuple[str, str]] = set()
         for entry in entries:
             if self.store.refuses(entry):
                 self.held(entry)
                 continue
             ref = (entry.namespace, entry.snapshot.credential_name)
+            if ref in waiting_refs:
+                waiting.append(entry)
+                continue
             if ref not in by_ref:
                 found = await self.store.credential_keys(*ref)
                 if isinstance(found, str):
                     by_ref[ref] = None
                     await self._transient_now(entry, found)
                     continue
+                if entry.action == "upload" and self.store.keys_unvalidated(*ref, found):
+                    # the Secret changed since the bucket last accepted its keys: its
+                    # validation is on its way, and decides (a refusal holds the upload)
+                    log.info("credential %s/%s changed; waiting for its validation", *ref)
+                    waiting_refs.add(ref)
+                    waiting.append(entry)
+                    continue
                 by_ref[ref] = found
             elif by_ref[ref] is None:
                 await self._transient_now(entry, "credential not usable")
                 continue
             usable.append(entry)
+        for entry in waiting:  # back in the queue, not counted as an attempt
+            entry.due = self.clock() + RELAUNCH_DELAY
+            self.queues.put(entry)
         return {ref: found for ref, found in by_ref.items() if found is not None}, usable
 
     async def _mark_scheduled(self, entry: QueueEntry, pod_name: str) -> bool:

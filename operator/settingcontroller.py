@@ -21,6 +21,7 @@ from voicevault.operator.bodies import same_status
 from voicevault.operator.conditions import find, is_true
 from voicevault.operator.settings import CredentialView, SettingView
 from voicevault.operator.shared import Part, Shared
+from voicevault.operator.viewstore import keys_digest
 from voicevault.phases import Event
 from voicevault.uploader import s3calls
 from voicevault.uploader.bucketurl import BucketLocation
@@ -192,7 +193,10 @@ class SettingController(Part):
         def validate() -> settings.Validation:
             return validate_bucket(make_client(location, aws_keys), location)
 
-        return await asyncio.to_thread(validate)
+        verdict = await asyncio.to_thread(validate)
+        if verdict.ok:
+            self.store.validated_keys[namespace, credential.name] = keys_digest(keys)
+        return verdict
 
     async def _post_events(
         self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]

@@ -7,6 +7,7 @@ bodies are kept too, so a change in one re-evaluates the others.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from voicevault import logs
@@ -24,6 +25,15 @@ class ViewStore:
         self.setting_bodies: dict[str, dict[str, Any]] = {}
         self.settings: dict[str, SettingView] = {}
         self.signing_secrets: dict[str, str] = {}  # namespace -> its setting's signing Secret
+        # (namespace, credential) -> digest of the keys the bucket last accepted in a
+        # validation: an upload with other keys waits for their validation (a Secret
+        # just edited to a wrong key must not fail an upload fatally and delete media)
+        self.validated_keys: dict[tuple[str, str], str] = {}
+
+    def keys_unvalidated(self, namespace: str, credential: str, keys: CredentialFile) -> bool:
+        """These keys differ from the ones the bucket last accepted (known ones only)."""
+        known = self.validated_keys.get((namespace, credential))
+        return known is not None and known != keys_digest(keys)
 
     def uses_secret(self, namespace: str, name: str) -> bool:
         """A credential or the namespace's setting reads this Secret."""
@@ -60,3 +70,9 @@ class ViewStore:
         for value in (key_id, secret, token):
             logs.register_secret(value)
         return CredentialFile(access_key_id=key_id, secret_access_key=secret, session_token=token)
+
+
+def keys_digest(keys: CredentialFile) -> str:
+    """A digest to compare keys by, never the keys themselves (kept in memory only)."""
+    text = "\0".join((keys.access_key_id, keys.secret_access_key, keys.session_token or ""))
+    return hashlib.sha256(text.encode()).hexdigest()

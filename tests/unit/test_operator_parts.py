@@ -23,6 +23,7 @@ from voicevault.operator.conditions import condition, merge_conditions
 from voicevault.operator.config import UploaderPodConfig
 from voicevault.operator.queues import NodeQueues, QueueEntry
 from voicevault.operator.settings import CredentialView
+from voicevault.operator.viewstore import ViewStore, keys_digest
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -374,3 +375,14 @@ def test_a_pod_that_never_started_says_what_the_kubelet_waits_for() -> None:
     pod = {"status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": waiting}}]}}
     assert pods.waiting_reason(pod) == " (ErrImageNeverPull: image is not present)"
     assert pods.waiting_reason({"status": {"phase": "Pending"}}) == ""
+
+
+def test_keys_other_than_the_ones_the_bucket_accepted_wait_for_their_validation() -> None:
+    store = ViewStore(kube=None)  # type: ignore[arg-type]
+    good = CredentialFile(access_key_id="AK", secret_access_key="right")
+    edited = CredentialFile(access_key_id="AK", secret_access_key="wrong")
+    assert not store.keys_unvalidated("ns", "cred", edited), "nothing known yet: go ahead"
+    store.validated_keys["ns", "cred"] = keys_digest(good)
+    assert not store.keys_unvalidated("ns", "cred", good)
+    assert store.keys_unvalidated("ns", "cred", edited)
+    assert "right" not in keys_digest(good) and "wrong" not in repr(store.validated_keys)
