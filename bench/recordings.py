@@ -645,6 +645,20 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _per_recording_table(
+    caption: str, columns: tuple[str, str], counts: dict[str, float], n: int
+) -> list[str]:
+    """Counts by key, most frequent first, with their share per recording; none: nothing."""
+    if not counts:
+        return []
+    lines = [caption, "", f"| {columns[0]} | {columns[1]} | per recording |", "|---|---:|---:|"]
+    lines += [
+        f"| {key} | {count:.0f} | {count / n:.2f} |"
+        for key, count in sorted(counts.items(), key=lambda kv: -kv[1])
+    ]
+    return [*lines, ""]
+
+
 def report(r: dict[str, Any], title: str) -> str:
     """Every figure of one run, as Markdown that reads without this script at hand."""
     n = r["recordings"]
@@ -721,34 +735,20 @@ def report(r: dict[str, Any], title: str) -> str:
         " write based on a version that had changed since).",
         "",
     ]
-    s3_requests: dict[str, int] = r.get("s3_requests", {})
-    if s3_requests:
-        lines += [
-            "S3 requests during the burst (moto's request log: method, operation, status):",
-            "",
-            "| request | count | per recording |",
-            "|---|---:|---:|",
-        ]
-        lines += [
-            f"| {key} | {count} | {count / n:.2f} |"
-            for key, count in sorted(s3_requests.items(), key=lambda kv: -kv[1])
-        ]
-        lines.append("")
-    watch: dict[str, float] = r.get("watch", {})
-    if watch:
-        lines += [
-            "Watch events sent, per recording (`apiserver_watch_events_total`, one per event per"
-            " watch; Recordings are watched by the operator alone, Pods by the operator and the"
-            " kubelet):",
-            "",
-            "| kind | events | per recording |",
-            "|---|---:|---:|",
-        ]
-        lines += [
-            f"| {kind} | {count:.0f} | {count / n:.2f} |"
-            for kind, count in sorted(watch.items(), key=lambda kv: -kv[1])
-        ]
-        lines.append("")
+    lines += _per_recording_table(
+        "S3 requests during the burst (moto's request log: method, operation, status):",
+        ("request", "count"),
+        r.get("s3_requests", {}),
+        n,
+    )
+    lines += _per_recording_table(
+        "Watch events sent, per recording (`apiserver_watch_events_total`, one per event per"
+        " watch; Recordings are watched by the operator alone, Pods by the operator and the"
+        " kubelet):",
+        ("kind", "events"),
+        r.get("watch", {}),
+        n,
+    )
     start: StartCost | None = r.get("start")
     if start is not None:
         lines += [

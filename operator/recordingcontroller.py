@@ -127,7 +127,7 @@ class RecordingController(Part):
         queued = self.scheduler.queued(rec.uid) if rec.phase is None else None
         if queued is not None and queued.resource_version == rec.resource_version:
             return  # our own finalizer write coming back: it is queued as it is
-        self._track_phase(rec, body)
+        self._track_phase(rec)
         if rec.phase is None and not rec.deleting and rec.namespace not in self.store.settings:
             await self.settings.refresh_from_api(rec.namespace)
         decision = reconcile(rec, self.store.settings.get(rec.namespace), self.clock())
@@ -241,7 +241,7 @@ class RecordingController(Part):
         assert transition.event is not None
         await self.events.post(body, transition.event)
 
-    def _track_phase(self, rec: RecordingView, body: dict[str, Any]) -> None:
+    def _track_phase(self, rec: RecordingView) -> None:
         phase = rec.status.get("phase") or "None"
         old = self.phases.get(rec.uid)
         if old == phase:
@@ -413,7 +413,7 @@ class RecordingController(Part):
                 rec = RecordingView.from_body(body)
                 # counted in the phase gauges even when settled: after a restart, or on a
                 # new leader, no watch event brings the recordings settled before it
-                self._track_phase(rec, body)
+                self._track_phase(rec)
                 if reconcile(rec, self.store.settings.get(rec.namespace), now).idle:
                     continue  # settled: nothing to decide, so nothing to queue or hold
                 self.offer(slim(body))

@@ -268,7 +268,7 @@ class Scheduler(Part):
 
     async def _mark_scheduled(self, entry: QueueEntry, pod_name: str) -> bool:
         """Claim the recording for the pod; False if it changed since it was queued."""
-        status, event = phases.scheduled(entry.action, entry.attempts, pod_name, _first(entry))
+        status, _ = phases.scheduled(entry.action, entry.attempts, pod_name, _first(entry))
         try:
             written = await self.kube.patch_status(
                 PLURAL, entry.namespace, entry.name, status, entry.resource_version
@@ -278,9 +278,7 @@ class Scheduler(Part):
                 log.warning("could not schedule %s: %s", entry.ref, type(exc).__name__)
                 self.queues.put(entry)  # try again on a later tick
             return False
-        entry.scheduled_as(written)
-        if event is not None:
-            await self.events.post(_ref_body(entry), event)
+        entry.scheduled_as(written)  # no Event: the pod's own names its batch
         return True
 
     async def _items_from_secret(self, name: str) -> list[QueueEntry] | None:
@@ -523,7 +521,3 @@ def _first(entry: QueueEntry) -> dict[str, Any] | None:
     if not entry.unwritten:
         return None
     return phases.accepted_fields(entry.sid, entry.generation, entry.node, entry.snapshot)
-
-
-def _ref_body(entry: QueueEntry) -> dict[str, Any]:
-    return {"metadata": {"name": entry.name, "namespace": entry.namespace, "uid": entry.uid}}

@@ -2,9 +2,10 @@
 
 Who writes a Recording's status, and with which function here:
 
-    first sight          accepted, invalid_spec, kept_local,
+    first sight          invalid_spec, kept_local,
                          waiting_for_setting, cached_for_setting   (operator, reconcile)
-    queued -> pod        scheduled                                 (operator, scheduler)
+    queued -> pod        scheduled (+ accepted_fields, the first
+                         time)                                     (operator, scheduler)
     in the pod           uploading, completed, metadata_pending,
                          failed                                    (uploader pod)
     after the pod        after_attempt, failed_before_pod          (operator, scheduler)
@@ -183,20 +184,13 @@ def kept_local(rec: RecordingView, *, no_setting: bool) -> Transition:
     return Transition(status, Event("Normal", "ExternalStorageOff", message))
 
 
-def accepted(rec: RecordingView, snapshot: StorageSnapshot) -> Transition:
-    """Pending with the setting frozen into it: queued for its node.
-
-    Not written on its own when the recording goes straight into its node's queue: it
-    rides on the Scheduled write (`scheduled(..., first=...)`), one write instead of two.
-    """
-    status = accepted_fields(rec.sid, rec.generation, rec.node, snapshot)
-    return Transition(status, None)  # no Event: one Normal Event per outcome (README)
-
-
 def accepted_fields(
     sid: str, generation: int, node: str, snapshot: StorageSnapshot
 ) -> dict[str, Any]:
-    """The status of an accepted recording, from what its queue entry keeps."""
+    """The status of an accepted recording, from what its queue entry keeps. Not written
+    on its own when the recording goes straight into its node's queue: it rides on the
+    Scheduled write (`scheduled(..., first=...)`), one write instead of two. No Event: one
+    Normal Event per outcome (README)."""
     encrypted = f", encrypted for key {snapshot.public_key_sid}" if snapshot.public_key_sid else ""
     message = f"Queued for upload from node {node} to {snapshot.media_url}{encrypted}"
     return {
@@ -726,11 +720,15 @@ def settlement(rec: RecordingView, now: datetime, claimer: str) -> Settlement | 
     event = None
     if find(conditions, "Stored") is None:
         if rec.phase is Phase.COMPLETED:
-            message = f"stored at {rec.status.get('mediaUrl')}"
+            message = stored_message(Phase.COMPLETED, media_url=rec.status.get("mediaUrl"))
             updates.append(condition("Stored", True, "Uploaded", message, now, rec.generation))
             event = Event("Normal", "Stored", message)
         else:
-            message = f"error {rec.status.get('errorCode')}: {rec.status.get('errorMessage')}"
+            message = stored_message(
+                Phase.FAILED,
+                code=rec.status.get("errorCode"),
+                error_message=rec.status.get("errorMessage"),
+            )
             updates.append(condition("Stored", False, "UploadFailed", message, now, rec.generation))
             event = Event("Warning", "Failed", message)
     callback = callback_owed(rec)

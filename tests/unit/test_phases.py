@@ -58,13 +58,12 @@ def test_accepted_freezes_the_snapshot_and_clears_old_errors() -> None:
     rec = _rec()
     snapshot = _rec(_accepted()).snapshot
     assert snapshot is not None
-    status, event = phases.accepted(rec, snapshot)
+    status = phases.accepted_fields(rec.sid, rec.generation, rec.node, snapshot)
     assert status["phase"] == "Pending" and status["reason"] == "Queued"
     assert status["attempts"] == 0 and status["sid"] == rec.sid
     assert status["storage"] == snapshot.to_wire()
     assert status["errorCode"] is None and status["errorMessage"] is None
     assert "from node node-a to " + snapshot.media_url in status["message"]
-    assert event is None  # one Normal Event per outcome: none for being queued
 
 
 def test_invalid_spec_fails_fatally_without_a_snapshot() -> None:

@@ -68,7 +68,7 @@ def _accepted(setting: SettingView | None = None) -> dict[str, Any]:
     decision = reconcile(rec, setting or _setting(), NOW)
     assert decision.status is None and decision.queue is not None
     assert decision.queue.snapshot is not None
-    return phases.accepted(rec, decision.queue.snapshot).status
+    return phases.accepted_fields(rec.sid, rec.generation, rec.node, decision.queue.snapshot)
 
 
 def test_new_recording_gets_finalizer_and_is_queued_with_its_snapshot_unwritten() -> None:
