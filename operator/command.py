@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
     from voicevault.operator import handlers
     from voicevault.operator.controller import Controller
+    from voicevault.operator.handoff import HandoffDesk, resolve_url
     from voicevault.operator.kube import Kube, load_api_client
     from voicevault.operator.leader import ElectionThread, LeaderElector, exit_now
     from voicevault.operator.secretwatch import SecretMetadataWatch
@@ -139,7 +140,12 @@ def run(args: argparse.Namespace) -> int:
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
     kube = Kube(load_api_client())
-    controller = Controller(kube, config)
+    webhook = Webhook(kube.api_client, hook) if hook.enabled else None
+    url = resolve_url(config.handoff_url, hook.bind_address, hook.port, os.environ.get("POD_IP"))
+    if webhook is not None and url is not None:
+        tls = webhook.tls
+        webhook.desk = HandoffDesk(url, lambda: tls.cert)
+    controller = Controller(kube, config, desk=webhook.desk if webhook is not None else None)
     timing = lease_timing(args)
     elector = (
         ElectionThread(
@@ -204,7 +210,6 @@ def run(args: argparse.Namespace) -> int:
             await elector.stop()
 
     start_http_server(args.metrics_port, addr=args.bind_address)
-    webhook = Webhook(kube.api_client, hook) if hook.enabled else None
     if webhook is not None:
         webhook.start()  # before kopf: settings can be applied as soon as the operator runs
     try:

@@ -130,6 +130,18 @@ class OperatorConfig:
     poll_interval: float = field(
         default=2.0, metadata=flag("poll-interval", "POLL_INTERVAL", group=PODS)
     )
+    # where a running uploader pod asks for more work: "" works it out (the operator's pod
+    # IP, or the webhook's bind address when it is not a wildcard), "off" never hands more
+    handoff_url: str = field(
+        default="",
+        metadata=flag(
+            "uploader-handoff-url",
+            "UPLOADER_HANDOFF_URL",
+            "https URL of this operator's webhook port for uploader pods asking for more "
+            'work ("" works it out, "off": one batch per pod)',
+            group=PODS,
+        ),
+    )
     # a pod not running by then is given up on
     pod_start_timeout: float = field(
         default=300.0, metadata=flag("pod-start-timeout", "POD_START_TIMEOUT", group=PODS)

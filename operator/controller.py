@@ -24,6 +24,7 @@ from voicevault.operator.background import Background
 from voicevault.operator.config import OperatorConfig
 from voicevault.operator.credentialcontroller import CredentialController
 from voicevault.operator.eventposter import POSTERS, EventPoster
+from voicevault.operator.handoff import HandoffDesk
 from voicevault.operator.kube import Kube
 from voicevault.operator.recordingcontroller import INTAKE_WORKERS, RecordingController
 from voicevault.operator.settingcontroller import SettingController
@@ -42,7 +43,13 @@ def utcnow() -> datetime:
 
 
 class Controller:
-    def __init__(self, kube: Kube, config: OperatorConfig, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        clock: Clock = utcnow,
+        desk: HandoffDesk | None = None,
+    ) -> None:
         self.kube = kube
         self.config = config
         self.store = ViewStore(kube)
@@ -53,6 +60,7 @@ class Controller:
         self.credentials = CredentialController(shared, self.settings)
         self.recordings = RecordingController(shared, self.settings, self.background)
         self.scheduler = self.recordings.scheduler
+        self.desk = desk  # running pods ask for more work there
         self._tasks: list[asyncio.Task[None]] = []
 
     def _setting_ready(self, namespace: str) -> None:
@@ -66,6 +74,9 @@ class Controller:
         for body in await self.kube.list_objects(voicestoragesetting.PLURAL):
             await self.settings.on_setting(body)
         await self.scheduler.adopt_existing_pods()
+        if self.desk is not None:
+            self.scheduler.desk = self.desk
+            self.desk.attach(asyncio.get_running_loop(), self.scheduler.more_work)
         self._tasks = [
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self.settings.validation_loop(), name="validation"),
@@ -85,6 +96,8 @@ class Controller:
         settlement whose callback is on its way is called back a second time, a batch
         marked Scheduled before its pod exists becomes a second attempt.
         """
+        if self.desk is not None:
+            self.desk.detach()  # pods asking for more from now on end their run
         self.scheduler.stop()  # its loop ends once the tick under way is done
         finishing = [t for t in self._tasks if t.get_name() == "scheduler"]
         posting = [t for t in self._tasks if t.get_name().startswith("events-")]

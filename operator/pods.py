@@ -16,10 +16,12 @@ from typing import Any
 
 from voicevault.contract import (
     BATCH_FILE,
+    HANDOFF_FILE,
     BatchItem,
     BatchOutcome,
     BatchSpec,
     CredentialFile,
+    HandoffFile,
     credential_file_name,
 )
 from voicevault.operator.config import UploaderPodConfig
@@ -145,11 +147,15 @@ def batch_secret(
     namespace: str,
     batch: BatchSpec,
     credentials: dict[str, CredentialFile],
+    handoff: HandoffFile | None = None,
 ) -> dict[str, Any]:
-    """The batch and its credentials. Created before the pod, so the pod starts at once;
-    then owned by the pod (`owner_reference`) so it is garbage-collected with it."""
+    """The batch, its credentials and how to ask for more work. Created before the pod,
+    so the pod starts at once; then owned by the pod (`owner_reference`) so it is
+    garbage-collected with it."""
     data = {BATCH_FILE: batch.to_json()}
     data.update({file: cred.to_json() for file, cred in credentials.items()})
+    if handoff is not None:
+        data[HANDOFF_FILE] = handoff.to_json()
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -219,22 +225,31 @@ def outcome(pod: dict[str, Any] | None, lost: str | None) -> tuple[BatchOutcome 
     return outcome, None
 
 
+CredentialRef = tuple[str, str]  # (namespace, AwsCredential name)
+
+
 def batch_for(
     pod_name: str,
     node: str,
     entries: list[QueueEntry],
-    found: dict[tuple[str, str], CredentialFile],
-) -> tuple[BatchSpec, dict[str, CredentialFile]]:
-    """The batch and its credential files: one file per (namespace, credential) of
-    these entries, numbered in the same pass that names them in the items."""
-    refs: dict[tuple[str, str], str] = {}
+    found: dict[CredentialRef, CredentialFile],
+) -> tuple[BatchSpec, dict[str, CredentialFile], dict[CredentialRef, str]]:
+    """The batch, its credential files and which file holds which credential: one file
+    per (namespace, credential) of these entries, numbered in the same pass that names
+    them in the items."""
+    refs: dict[CredentialRef, str] = {}
     files: dict[str, CredentialFile] = {}
     for entry in entries:
         ref = (entry.namespace, entry.snapshot.credential_name)
         if ref not in refs:
             refs[ref] = credential_file_name(len(files))
             files[refs[ref]] = found[ref]
-    items = [
+    return BatchSpec(pod=pod_name, node=node, items=batch_items(entries, refs)), files, refs
+
+
+def batch_items(entries: list[QueueEntry], refs: dict[CredentialRef, str]) -> list[BatchItem]:
+    """The entries as batch items, each naming the file of its credential in `refs`."""
+    return [
         BatchItem(
             namespace=e.namespace,
             name=e.name,
@@ -258,7 +273,6 @@ def batch_for(
         )
         for e in entries
     ]
-    return BatchSpec(pod=pod_name, node=node, items=items), files
 
 
 def batch_summary(items: list[QueueEntry], node: str) -> str:

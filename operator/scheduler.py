@@ -6,6 +6,11 @@ with, so stale work is dropped), creates the pod and its batch Secret, then watc
 pod until it ends and turns its outcome into each recording's next status. A pod that
 crashes, is evicted, never starts or vanishes becomes a transient failure of the
 recordings it had not finished: never a silent loss.
+
+A running pod done with its batch asks for more (`more_work`, through `handoff`): it
+gets its node's due work as its next batch, marked Scheduled the same way, until the
+queue is empty. Each batch is numbered (`chunk`); a batch handed out but never received
+(the answer was lost) is queued again when the pod ends, not counted as an attempt.
 """
 
 from __future__ import annotations
@@ -13,22 +18,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from http import HTTPStatus
 from typing import Any
 
 from voicevault import phases
 from voicevault.contract import (
     BATCH_FILE,
     MAX_BATCH_ITEMS,
+    BatchOutcome,
     BatchSpec,
     CredentialFile,
+    HandoffFile,
     ItemResult,
+    MoreRequest,
 )
 from voicevault.crds.recording import FINALIZER, PLURAL, Phase, StorageSnapshot
 from voicevault.operator import metrics, pods
+from voicevault.operator.handoff import HandoffDesk, RefusalError
 from voicevault.operator.kube import is_status
 from voicevault.operator.queues import NodeQueues, QueueEntry
 from voicevault.operator.shared import Part, Shared
@@ -44,11 +56,16 @@ API_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # reading a recording after its po
 class ActivePod:
     name: str
     node: str
-    items: list[QueueEntry]
+    items: list[QueueEntry]  # those of its latest batch
     secret: str
     started: datetime
     uid: str | None = None
     seen: bool = False  # listed at least once since creation
+    chunk: int | None = 0  # its latest batch's number; None: adopted, not known
+    token: str = ""  # how it proves who asks for more work ("": it may not)
+    files: dict[pods.CredentialRef, str] = dataclasses.field(default_factory=dict)
+    keys: dict[pods.CredentialRef, CredentialFile] = dataclasses.field(default_factory=dict)
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
 class Scheduler(Part):
@@ -61,6 +78,7 @@ class Scheduler(Part):
         self._ready = False
         self._stopping = False
         self._finishing: set[str] = set()
+        self.desk: HandoffDesk | None = None  # where pods ask for more work, if they may
 
     # -- what the recording controller asks -------------------------------------------------
 
@@ -111,6 +129,7 @@ class Scheduler(Part):
                 started=self.clock(),
                 uid=meta.get("uid"),
                 seen=True,
+                chunk=None,  # which batch it is on is not known: it is given no more work
             )
         # a batch Secret whose pod is gone (a crash between creating the two) holds keys
         known = {p.secret for p in self.active.values()}
@@ -193,12 +212,14 @@ class Scheduler(Part):
             return
         # numbered over the items actually in the batch, so each item's credential file
         # is its own namespace's even when an earlier entry was dropped as stale
-        batch, credentials = pods.batch_for(name, node, active.items, found)
+        batch, credentials, active.files = pods.batch_for(name, node, active.items, found)
+        active.keys = {ref: found[ref] for ref in active.files}
+        handoff = self._handoff_file(active)
         manifest = pods.uploader_pod(name, node, name, self.config.pods)
         namespace = self.config.pods.namespace
         try:
             await self.kube.create_secret(
-                namespace, pods.batch_secret(name, namespace, batch, credentials)
+                namespace, pods.batch_secret(name, namespace, batch, credentials, handoff)
             )
             created = await self.kube.create_pod(namespace, manifest)
             active.uid = created["metadata"]["uid"]
@@ -265,6 +286,85 @@ class Scheduler(Part):
             entry.due = self.clock() + RELAUNCH_DELAY
             self.queues.put(entry)
         return {ref: found for ref, found in by_ref.items() if found is not None}, usable
+
+    def _handoff_file(self, active: ActivePod) -> HandoffFile | None:
+        address = self.desk.address() if self.desk is not None else None
+        if address is None:
+            return None
+        active.token = secrets.token_urlsafe(32)
+        return HandoffFile(url=address[0], fingerprint=address[1], token=active.token)
+
+    # -- more work for a running pod ---------------------------------------------------------
+
+    async def more_work(self, request: MoreRequest, token: str) -> BatchSpec:
+        """A pod done with batch `request.chunk`: record its results, hand it the next batch
+        (empty: there is none, the pod ends). Raises `RefusalError` for a pod that may not ask."""
+        active = next((p for p in self.active.values() if p.name == request.pod), None)
+        if active is None or not active.token or not hmac.compare_digest(token, active.token):
+            raise RefusalError(HTTPStatus.FORBIDDEN, "not a pod this operator runs")
+        async with active.lock:
+            if active.chunk is None or request.chunk != active.chunk:
+                raise RefusalError(HTTPStatus.CONFLICT, "not the batch this pod was given last")
+            if active.name in self._finishing:
+                raise RefusalError(HTTPStatus.CONFLICT, "the pod has ended")
+            await self._record(active, request.outcome)
+            active.items = await self._next_batch(active)
+            active.chunk += 1
+            if active.items:
+                log.info(
+                    "more work for a running uploader pod",
+                    extra={"pod": active.name, "node": active.node, "items": len(active.items)},
+                )
+            return BatchSpec(
+                pod=active.name,
+                node=active.node,
+                items=pods.batch_items(active.items, active.files),
+                chunk=active.chunk,
+            )
+
+    async def _record(self, active: ActivePod, outcome: BatchOutcome) -> None:
+        """A batch's results, as `_finish` would record them when the pod ends."""
+        metrics.PARTS_RESENT.inc(outcome.parts_resent)
+        results = outcome.results
+        await asyncio.gather(
+            *(
+                self._apply(entry, active, results[i] if i < len(results) else None, None, None)
+                for i, entry in enumerate(active.items)
+            )
+        )
+
+    async def _next_batch(self, active: ActivePod) -> list[QueueEntry]:
+        """The node's due work the pod can take, marked Scheduled for it. Work under a
+        credential the pod was not given (or whose keys changed) waits for the next pod,
+        and so does everything once the pod is half way to its deadline."""
+        now = self.clock()
+        age = (now - active.started).total_seconds()
+        if self._stopping or age > self.config.pods.active_deadline_seconds / 2:
+            return []
+        taken = self.queues.take(active.node, now, self._batch_size)
+        found, usable = await self._credentials(taken)
+        fits = []
+        for entry in usable:
+            ref = (entry.namespace, entry.snapshot.credential_name)
+            if ref in active.files and found.get(ref) == active.keys.get(ref):
+                fits.append(entry)
+            else:  # a new pod takes it, with its credential
+                self.queues.put(entry)
+        marked = await asyncio.gather(*(self._mark_scheduled(e, active.name) for e in fits))
+        return [e for e, ok in zip(fits, marked, strict=True) if ok]
+
+    def _unreceived(self, active: ActivePod) -> None:
+        """The pod ended before it got its latest batch: that work waits for the next pod,
+        claimed by this one until then, with no attempt counted."""
+        now = self.clock()
+        for entry in active.items:
+            entry.due, entry.unwritten = now, False
+            self.queues.put(entry)
+        if active.items:
+            log.info(
+                "a batch the uploader pod never received is queued again",
+                extra={"pod": active.name, "items": len(active.items)},
+            )
 
     async def _mark_scheduled(self, entry: QueueEntry, pod_name: str) -> bool:
         """Claim the recording for the pod; False if it changed since it was queued."""
@@ -367,15 +467,8 @@ class Scheduler(Part):
     ) -> None:
         self._finishing.add(active.name)
         try:
-            outcome, why = pods.outcome(pod, lost)
-            results = outcome.results if outcome else []
-            metrics.PARTS_RESENT.inc(outcome.parts_resent if outcome else 0)
-            await asyncio.gather(
-                *(
-                    self._apply(entry, active, results[i] if i < len(results) else None, why, pod)
-                    for i, entry in enumerate(active.items)
-                )
-            )
+            async with active.lock:  # a request for more work under way ends first
+                why = await self._settle_pod(active, pod, lost)
             namespace = self.config.pods.namespace
             await self.kube.delete_pod(
                 namespace, active.name, grace_seconds=0 if pod is None or lost is None else None
@@ -396,6 +489,29 @@ class Scheduler(Part):
                 del self.active[active.node]
             metrics.PODS_ACTIVE.set(len(self.active))
             self._wake.set()
+
+    async def _settle_pod(
+        self, active: ActivePod, pod: dict[str, Any] | None, lost: str | None
+    ) -> str | None:
+        """The ended pod's latest batch: its results, or what its end means for each; and
+        why it ended, if not normally."""
+        outcome, why = pods.outcome(pod, lost)
+        if outcome is not None and outcome.chunk != (active.chunk or 0):
+            # it ended on an earlier batch, whose results came with its last request. An
+            # adopted pod's later batches are not known here: the resync finds them
+            # claimed by a pod that is gone (`phases.pod_lost`)
+            if active.chunk is not None:
+                self._unreceived(active)
+            return why
+        results = outcome.results if outcome else []
+        metrics.PARTS_RESENT.inc(outcome.parts_resent if outcome else 0)
+        await asyncio.gather(
+            *(
+                self._apply(entry, active, results[i] if i < len(results) else None, why, pod)
+                for i, entry in enumerate(active.items)
+            )
+        )
+        return why
 
     async def _apply(
         self,

@@ -25,8 +25,10 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from voicevault.contract import MORE_PATH
 from voicevault.operator import admission, metrics, webhookcert
 from voicevault.operator.config import WebhookConfig
+from voicevault.operator.handoff import HandoffDesk
 
 log = logging.getLogger("voicevault.operator.webhook")
 
@@ -80,13 +82,22 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     timeout = 10  # per connection: an idle or stalled client never holds a thread long
 
+    server: AdmissionServer
+
     def do_POST(self) -> None:
-        if self.path.split("?", 1)[0] != PATH:
+        path = self.path.split("?", 1)[0]
+        desk = self.server.desk
+        if path != PATH and not (path == MORE_PATH and desk is not None):
             self._reply(HTTPStatus.NOT_FOUND, {"error": "not found"})
             return
         length = int(self.headers.get("Content-Length") or 0)
         if not 0 < length <= MAX_BODY:
             self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "bad length"})
+            return
+        if desk is not None and path == MORE_PATH:
+            body = self.rfile.read(length)
+            status, data = desk.serve(body, self.headers.get("Authorization", ""))
+            self._send(status, data)
             return
         try:
             review = json.loads(self.rfile.read(length))
@@ -116,7 +127,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(HTTPStatus.OK if self.path == "/healthz" else HTTPStatus.NOT_FOUND, {})
 
     def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
+        self._send(status, json.dumps(body).encode())
+
+    def _send(self, status: HTTPStatus, data: bytes) -> None:
         self.send_response(status)
         if status != HTTPStatus.OK:
             self.send_header("Connection", "close")  # an unread body is no next request
@@ -136,9 +149,14 @@ class AdmissionServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], tls: ReloadingContext, max_connections: int = 64
+        self,
+        address: tuple[str, int],
+        tls: ReloadingContext,
+        max_connections: int = 64,
+        desk: HandoffDesk | None = None,
     ) -> None:
         self.tls = tls
+        self.desk = desk  # uploader pods asking for more work (`handoff`), if they may
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, _Handler)
 
@@ -281,8 +299,11 @@ class CertKeeper:
 class Webhook:
     """The server and its certificate keeper; `start` returns once it tried once."""
 
-    def __init__(self, api_client: k8s.ApiClient, config: WebhookConfig) -> None:
+    def __init__(
+        self, api_client: k8s.ApiClient, config: WebhookConfig, desk: HandoffDesk | None = None
+    ) -> None:
         self.config = config
+        self.desk = desk
         self.tls = ReloadingContext()
         self.keeper = CertKeeper(api_client, config, tls=self.tls)
         self._stop = threading.Event()
@@ -323,7 +344,7 @@ class Webhook:
         if self._server is None and self.tls.cert:
             address = (self.config.bind_address, self.config.port)
             try:
-                self._server = AdmissionServer(address, self.tls)
+                self._server = AdmissionServer(address, self.tls, desk=self.desk)
             except OSError as exc:
                 log.error(
                     "webhook cannot listen",

@@ -1,13 +1,16 @@
 """`voicevault uploader`: the program an uploader pod runs.
 
-It reads the batch the operator mounted, uploads each recording, writes each outcome
-into the Recording's status and a compact summary into the termination message, then
-exits. SIGTERM stops it at the next part boundary; what was not finished resumes later.
+It reads the batch the operator mounted, uploads each recording and writes each outcome
+into the Recording's status. Done with a batch, it asks the operator for the next one
+(`handoff`), with that batch's results, until there is none. Then it writes a compact
+summary of its last batch's results into the termination message and exits. SIGTERM
+stops it at the next part boundary; what was not finished resumes later.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -19,15 +22,19 @@ from typing import TYPE_CHECKING
 from voicevault import logs
 from voicevault.contract import (
     BATCH_FILE,
+    HANDOFF_FILE,
     BatchFileError,
     BatchItem,
     BatchOutcome,
     BatchSpec,
     CredentialFile,
+    HandoffFile,
+    MoreRequest,
 )
 from voicevault.uploader import kubeapi
 from voicevault.uploader.batch import BatchSettings, run_batch
 from voicevault.uploader.bucketurl import parse_bucket_url
+from voicevault.uploader.handoff import HandoffError, ask_for_more
 from voicevault.uploader.recordingstatus import KubeStatusReporter
 from voicevault.uploader.s3client import AwsKeys, make_client
 from voicevault.uploader.transfer import TransferConfig
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     logs.setup(args.log_level, args.log_format)
     try:
         spec, credentials = load_batch(args.batch_dir)
+        handoff = load_handoff(args.batch_dir)
     except (OSError, ValueError) as exc:
         log.error("cannot read the batch: %s", exc)
         return 1
@@ -78,22 +86,67 @@ def run(args: argparse.Namespace) -> int:
         return 1
     reporter = KubeStatusReporter(api, spec.pod)
     clients = _ClientCache(credentials)
-    log.info("batch started", extra={"pod": spec.pod, "node": spec.node, "items": len(spec.items)})
-    outcome = run_batch(spec, settings, reporter, clients.get, cancel)
+    summary: Counter[str] = Counter()
+    resent = 0
+    while True:
+        log.info(
+            "batch started",
+            extra={
+                "pod": spec.pod,
+                "node": spec.node,
+                "items": len(spec.items),
+                "chunk": spec.chunk,
+            },
+        )
+        outcome = dataclasses.replace(
+            run_batch(spec, settings, reporter, clients.get, cancel), chunk=spec.chunk
+        )
+        summary.update(r.kind if r else "not-started" for r in outcome.results)
+        resent += outcome.parts_resent
+        following = _next_batch(handoff, spec, outcome, credentials, cancel)
+        if following is None:
+            break
+        if not following.items:  # the results are with the operator: none to report
+            outcome = BatchOutcome(chunk=following.chunk)
+            break
+        spec = following
     _write_termination_message(args.termination_log, outcome)
-    summary = Counter(r.kind if r else "not-started" for r in outcome.results)
     log.info(
         "batch done: %s; %d parts re-sent after checksum mismatches",
         ", ".join(f"{n} {k}" for k, n in sorted(summary.items())),
-        outcome.parts_resent,
+        resent,
         extra={
             "event": "batch_done",
             "api_requests": reporter.requests,
-            "parts_resent": outcome.parts_resent,
+            "parts_resent": resent,
         }
         | dict(summary),
     )
     return 143 if cancel.is_set() else 0
+
+
+def _next_batch(
+    handoff: HandoffFile | None,
+    spec: BatchSpec,
+    outcome: BatchOutcome,
+    credentials: dict[str, AwsKeys],
+    cancel: threading.Event,
+) -> BatchSpec | None:
+    """The operator's next batch for this pod, or None: end with this batch's results."""
+    if handoff is None or cancel.is_set() or None in outcome.results:
+        return None
+    request = MoreRequest(pod=spec.pod, chunk=spec.chunk, outcome=outcome)
+    try:
+        following = ask_for_more(handoff, request)
+    except HandoffError as exc:
+        log.info("no more work from the operator: %s", exc)
+        return None
+    unknown = {item.credential for item in following.items} - credentials.keys()
+    if following.pod != spec.pod or following.chunk != spec.chunk + 1 or unknown:
+        # reported as not received: the operator queues that work again
+        log.warning("the operator's next batch does not fit this pod; ending")
+        return None
+    return following
 
 
 def load_batch(directory: Path) -> tuple[BatchSpec, dict[str, AwsKeys]]:
@@ -114,6 +167,19 @@ def load_batch(directory: Path) -> tuple[BatchSpec, dict[str, AwsKeys]]:
             logs.register_secret(value)
         credentials[name] = AwsKeys(raw.access_key_id, raw.secret_access_key, raw.session_token)
     return spec, credentials
+
+
+def load_handoff(directory: Path) -> HandoffFile | None:
+    """How to ask for more work, if this pod may (an older operator gives no file)."""
+    path = directory / HANDOFF_FILE
+    if not path.exists():
+        return None
+    try:
+        handoff = HandoffFile.from_json(path.read_text())
+    except BatchFileError as exc:
+        raise ValueError(f"{HANDOFF_FILE} is not valid: {exc}") from None
+    logs.register_secret(handoff.token)
+    return handoff
 
 
 class _ClientCache:

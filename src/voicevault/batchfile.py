@@ -14,7 +14,15 @@ import re
 from datetime import datetime
 from typing import Any, Final, get_args
 
-from voicevault.contract import SPEC_VERSION, BatchFileError, BatchItem, BatchSpec, CredentialFile
+from voicevault.contract import (
+    HANDOFF_FILE,
+    SPEC_VERSION,
+    BatchFileError,
+    BatchItem,
+    BatchSpec,
+    CredentialFile,
+    HandoffFile,
+)
 from voicevault.crds.recording_names import (
     ACCOUNT_SID,
     CALL_SID,
@@ -29,7 +37,7 @@ _TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", list: "a l
 _SOURCES: tuple[str, ...] = get_args(RecordingSource)
 
 
-def to_json(value: BatchSpec | CredentialFile) -> str:
+def to_json(value: BatchSpec | CredentialFile | HandoffFile) -> str:
     """Compact JSON of the dataclass, field names as they are; datetimes in ISO 8601."""
     return json.dumps(dataclasses.asdict(value), separators=(",", ":"), default=_iso)
 
@@ -51,6 +59,7 @@ def read_spec(data: dict[str, Any]) -> BatchSpec:
         pod=_get(data, "pod", "batch", str),
         node=_get(data, "node", "batch", str),
         items=[read_item(raw, f"items[{i}]") for i, raw in enumerate(items)],
+        chunk=_get(data, "chunk", "batch", int, 0),
     )
 
 
@@ -92,6 +101,14 @@ def read_credential(data: dict[str, Any], name: str) -> CredentialFile:
         access_key_id=_get(data, "access_key_id", name, str),
         secret_access_key=_get(data, "secret_access_key", name, str),
         session_token=_get(data, "session_token", name, str, None, nullable=True),
+    )
+
+
+def read_handoff(data: dict[str, Any]) -> HandoffFile:
+    return HandoffFile(
+        url=_get(data, "url", HANDOFF_FILE, str),
+        fingerprint=_get(data, "fingerprint", HANDOFF_FILE, str),
+        token=_get(data, "token", HANDOFF_FILE, str),
     )
 
 

@@ -24,12 +24,15 @@ if TYPE_CHECKING:
     from voicevault.uploader.metadata import MetadataTarget
 
 BATCH_FILE = "batch.json"
+HANDOFF_FILE = "handoff.json"  # where a running pod asks the operator for more work
+MORE_PATH = "/v1/uploader/more"
 SPEC_VERSION = 1
 # the kubelet keeps at most 4096 bytes of a termination message
 TERMINATION_MESSAGE_LIMIT = 4096
 # The most recordings one pod carries: every item's result still fits in the termination
 # message when each has an error code (`"T16111",`, 9 bytes) and the messages are dropped.
 MAX_BATCH_ITEMS = 400
+MORE_LIMIT = 1 << 20  # the results sent with a request for more work keep their messages
 
 
 class BatchFileError(ValueError):
@@ -80,6 +83,8 @@ class BatchSpec:
     pod: str
     node: str
     items: list[BatchItem]
+    # 0 for the batch the pod starts with; each batch handed to it later counts up
+    chunk: int = 0
 
     def to_json(self) -> str:
         from voicevault import batchfile
@@ -118,6 +123,65 @@ class CredentialFile:
         from voicevault import batchfile
 
         return batchfile.read_credential(batchfile.load(text, name), name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandoffFile:
+    """How a running pod asks for its next batch: the operator's URL, the certificate it
+    must present (SHA-256 of its DER form, pinned, as the pod cannot resolve a name the
+    certificate carries) and the pod's own bearer token. Never logged."""
+
+    url: str
+    fingerprint: str
+    token: str
+
+    def __repr__(self) -> str:
+        return "HandoffFile(<hidden>)"
+
+    __str__ = __repr__
+
+    def to_json(self) -> str:
+        from voicevault import batchfile
+
+        return batchfile.to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> HandoffFile:
+        from voicevault import batchfile
+
+        return batchfile.read_handoff(batchfile.load(text, HANDOFF_FILE))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MoreRequest:
+    """A pod done with batch `chunk` asks for the next one, with that batch's results.
+
+    The answer is the next `BatchSpec` (chunk + 1), empty when there is no more work.
+    The results travel with the question, so a pod's termination message only ever
+    holds those of the batch it was given last."""
+
+    pod: str
+    chunk: int
+    outcome: BatchOutcome
+
+    def to_json(self) -> str:
+        raw = {"pod": self.pod, "chunk": self.chunk, "outcome": self.outcome.encode(MORE_LIMIT)}
+        return json.dumps(raw, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> MoreRequest:
+        """Raises BatchFileError when it is not one."""
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            raw = None
+        if not isinstance(raw, dict):
+            raise BatchFileError("a request for more work must be a JSON object")
+        pod, chunk, encoded = raw.get("pod"), raw.get("chunk"), raw.get("outcome")
+        outcome = BatchOutcome.decode(encoded) if isinstance(encoded, str) else None
+        if not isinstance(pod, str) or type(chunk) is not int or outcome is None:
+            raise BatchFileError("a request for more work needs pod, chunk and outcome")
+        return cls(pod=pod, chunk=chunk, outcome=outcome)
 
 
 def credential_file_name(index: int) -> str:
@@ -162,19 +226,25 @@ class BatchOutcome:
 
     results: list[ItemResult | None] = field(default_factory=list)
     parts_resent: int = 0  # bodies the storage rejected as corrupted in transit and re-sent
+    chunk: int = 0  # the batch (`BatchSpec.chunk`) these results are of
 
     def encode(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
         """Compact JSON that fits in `limit` bytes; messages are shortened, then dropped.
 
-        Format: {"v":1,"r":["C","T16111:0",...],"m":["message 0",...],"p":N} where each result
-        is a kind letter, an optional error code and an index into the de-duplicated messages,
-        and N counts the parts re-sent after a checksum mismatch.
+        Format: {"v":1,"r":["C","T16111:0",...],"m":["message 0",...],"p":N,"n":K} where each
+        result is a kind letter, an optional error code and an index into the de-duplicated
+        messages, N counts the parts re-sent after a checksum mismatch, and K is the chunk
+        (left out when 0).
         """
         for max_message in (200, 80, 30, 0):
             text = self._encode(max_message)
             if len(text.encode()) <= limit:
                 return text
-        return json.dumps({"v": 1, "r": [], "m": [], "p": self.parts_resent}, separators=(",", ":"))
+        return json.dumps(self._head({"r": [], "m": []}), separators=(",", ":"))
+
+    def _head(self, body: dict[str, Any]) -> dict[str, Any]:
+        chunk = {"n": self.chunk} if self.chunk else {}
+        return {"v": 1} | body | {"p": self.parts_resent} | chunk
 
     def _encode(self, max_message: int) -> str:
         messages: list[str] = []
@@ -190,8 +260,7 @@ class BatchOutcome:
                     messages.append(text)
                 code += f":{messages.index(text)}"
             codes.append(code)
-        encoded = {"v": 1, "r": codes, "m": messages, "p": self.parts_resent}
-        return json.dumps(encoded, separators=(",", ":"))
+        return json.dumps(self._head({"r": codes, "m": messages}), separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str) -> BatchOutcome | None:
@@ -204,7 +273,9 @@ class BatchOutcome:
             results: list[ItemResult | None] = []
             for code in raw.get("r", []):
                 results.append(_decode_one(str(code), messages))
-            return cls(results=results, parts_resent=int(raw.get("p", 0)))
+            return cls(
+                results=results, parts_resent=int(raw.get("p", 0)), chunk=int(raw.get("n", 0))
+            )
         except (ValueError, TypeError, KeyError, IndexError):
             return None
 

@@ -145,6 +145,8 @@ class Delay:
 
     seconds: float
     where: Literal["before_response", "during_response"] = "before_response"
+    # set by the test to end the delay early: a hold that lasts exactly as long as needed
+    release: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -565,6 +567,14 @@ class _BodyCopier:
         if self.writer is not None:
             self.writer.write(data)
             await self.writer.drain()
+
+
+async def _pause(delay: Delay) -> None:
+    """`delay.seconds`, or less when its release is set first."""
+    if delay.release is None:
+        await asyncio.sleep(delay.seconds)
+        return
+    await asyncio.to_thread(delay.release.wait, delay.seconds)
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
@@ -1086,7 +1096,7 @@ class FaultProxy:
             raise _CutError
         if delay is not None and delay.where == "before_response":
             self._count_fault(delay)
-            await asyncio.sleep(delay.seconds)
+            await _pause(delay)
 
         framing = _response_framing(ex.method, status, up_head)
         upstream_keeps = (
@@ -1104,7 +1114,7 @@ class FaultProxy:
 
         if delay is not None and delay.where == "during_response":
             self._count_fault(delay)
-            await asyncio.sleep(delay.seconds)
+            await _pause(delay)
 
         response_body = _BodyCopier(
             up_reader,

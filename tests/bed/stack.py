@@ -66,6 +66,7 @@ class OperatorProcess:
         relay: TcpProxy | None = None,
         *,
         webhook: bool = False,
+        handoff: bool = True,
         env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
@@ -80,6 +81,8 @@ class OperatorProcess:
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.webhook = webhook
+        # its HTTPS port serves uploader pods asking for more work, registered or not
+        self.handoff = handoff
         self.webhook_port = free_port()
         self.process: ManagedProcess | None = None
         self.starts = 0
@@ -124,7 +127,7 @@ class OperatorProcess:
             SYSTEM_NAMESPACE,
             "--leader-election-identity",
             self.identity,
-            *(self.webhook_args() if self.webhook else ["--no-webhook"]),
+            *(self.webhook_args() if self.webhook or self.handoff else ["--no-webhook"]),
             *self.extra_args,
         ]
 
@@ -134,7 +137,8 @@ class OperatorProcess:
             f"--webhook-port={self.webhook_port}",
             "--webhook-bind-address=127.0.0.1",
             "--webhook-host=127.0.0.1",
-            "--webhook-cert-check-interval=1",
+            # quick to follow a test's changes to the certificate when registered
+            f"--webhook-cert-check-interval={1 if self.webhook else 600}",
         ]
 
     @property
@@ -211,6 +215,7 @@ class Stack:
         operator_args: list[str] | None = None,
         *,
         webhook: bool = False,
+        handoff: bool = True,
         operator_env: dict[str, str] | None = None,
     ) -> None:
         self.cp = control_plane
@@ -222,6 +227,7 @@ class Stack:
         self.custom = k8s.CustomObjectsApi(self.api)
         self.operator_args = operator_args
         self.webhook = webhook
+        self.handoff = handoff
         self.operator_env = operator_env
         self.api_relay = TcpProxy(control_plane.port, port=free_port())
         self.operator = self._operator_process("operator-0", self.api_relay)
@@ -259,6 +265,7 @@ class Stack:
             identity,
             relay,
             webhook=self.webhook,
+            handoff=self.handoff,
             env=self.operator_env,
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections import Counter
 from typing import Any
 
@@ -305,3 +306,34 @@ def test_helm_test_passes_in_the_cluster(cluster: ClusterStack) -> None:
     cluster.wait_operator_ready()
     out = cluster.helm("test", RELEASE, "--namespace", RELEASE_NAMESPACE, "--timeout", "3m")
     assert "Succeeded" in out.stdout, out.stdout
+
+
+def test_a_running_uploader_pod_takes_the_work_queued_behind_it(
+    cluster: ClusterStack, bridge_proxy: FaultProxy
+) -> None:
+    """The pod asks the leader for more over the pod network (its IP, the pinned
+    certificate) and carries what queued while it ran."""
+    account = cluster.add_account(endpoint=bridge_proxy.url)
+    release = threading.Event()
+    hold = Rule(action=Delay(PHASE_TIMEOUT, release=release), method="PUT", times=1)
+    bridge_proxy.add_rule(hold)
+    later = [f"later-{i}" for i in range(3)]
+    try:
+        cluster.record(account, "first", os.urandom(3000))
+        wait_for(lambda: hold.matched >= 1, timeout=PHASE_TIMEOUT, what="the first upload")
+        for name in later:
+            cluster.record(account, name, os.urandom(3000))
+
+        def all_queued() -> bool:
+            bodies = [cluster.get(account.namespace, "recordings", n) for n in later]
+            return all(b["metadata"].get("finalizers") for b in bodies)
+
+        wait_for(all_queued, timeout=60, what="the later recordings to queue behind the pod")
+    finally:
+        release.set()
+    done = [
+        cluster.wait_phase(account.namespace, n, "Completed", timeout=PHASE_TIMEOUT)["status"]
+        for n in ["first", *later]
+    ]
+    assert len({status["upload"]["pod"] for status in done}) == 1, done
+    assert all(status["attempts"] == 1 for status in done)

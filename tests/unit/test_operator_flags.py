@@ -34,7 +34,7 @@ def test_every_flagged_field_has_its_flag(
         for field in dataclasses.fields(cls)
         if "flag" in field.metadata
     ]
-    assert len(flagged) == 35
+    assert len(flagged) == 36
     for spec in flagged:
         assert f"--{spec.name}" in help_text
     assert "--callback-attempts" in help_text and "--callback-timeout" in help_text

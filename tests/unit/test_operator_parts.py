@@ -337,10 +337,11 @@ def test_each_batch_item_gets_its_own_namespaces_credentials() -> None:
         ("ns", "c"): CredentialFile(access_key_id="KEY-OF-TENANT-A", secret_access_key="sa"),
         ("tenant-b", "c"): CredentialFile(access_key_id="KEY-OF-TENANT-B", secret_access_key="sb"),
     }
-    batch, files = pods.batch_for("p", "n1", [b], found)
+    batch, files, refs = pods.batch_for("p", "n1", [b], found)
     assert [i.credential for i in batch.items] == ["credential-0.json"]
     assert files == {"credential-0.json": found[("tenant-b", "c")]}
-    both, files = pods.batch_for("p", "n1", [a, b], found)
+    assert refs == {("tenant-b", "c"): "credential-0.json"}
+    both, files, refs = pods.batch_for("p", "n1", [a, b], found)
     by_namespace = {i.namespace: files[i.credential].access_key_id for i in both.items}
     assert by_namespace == {"ns": "KEY-OF-TENANT-A", "tenant-b": "KEY-OF-TENANT-B"}
 

@@ -1,0 +1,53 @@
+"""A running uploader pod takes the work that queued for its node while it ran (#19)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any
+
+import pytest
+
+from tests.bed.faultproxy import Delay, FaultProxy, Rule
+from tests.bed.stack import Stack
+from tests.support.invariants import metric
+from tests.support.kube import wait_for
+
+pytestmark = [pytest.mark.kube, pytest.mark.s3, pytest.mark.slow]
+PODS_CREATED = "voicevault_uploader_pods_created_total"
+
+
+def test_work_queued_behind_a_running_pod_goes_to_that_pod(
+    live_stack: Stack, proxy: FaultProxy
+) -> None:
+    account = live_stack.add_account(endpoint=proxy.url)
+    release = threading.Event()
+    # the first upload's answer is held until the rest has queued behind its pod
+    hold = Rule(action=Delay(120.0, release=release), method="PUT", times=1)
+    proxy.add_rule(hold)
+    pods_before = metric(live_stack.operator.metrics(), PODS_CREATED)
+    try:
+        live_stack.record(account, "first", os.urandom(3000))
+        wait_for(lambda: hold.matched >= 1, timeout=60, what="the first upload to be under way")
+        later = [f"later-{i}" for i in range(3)]
+        for name in later:
+            live_stack.record(account, name, os.urandom(3000))
+
+        def queued(name: str) -> dict[str, Any] | None:
+            body = live_stack.get(account.namespace, "recordings", name)
+            return body if body["metadata"].get("finalizers") else None
+
+        for name in later:
+            body = wait_for(functools.partial(queued, name), timeout=30, what=f"{name} queued")
+            assert not (body.get("status") or {}).get("phase"), "queued behind the busy pod"
+    finally:
+        release.set()
+    done = {
+        name: live_stack.wait_phase(account.namespace, name, "Completed", timeout=90)["status"]
+        for name in ["first", *later]
+    }
+    carried_by = {status["upload"]["pod"] for status in done.values()}
+    assert len(carried_by) == 1, carried_by
+    assert all(status["attempts"] == 1 for status in done.values())
+    assert metric(live_stack.operator.metrics(), PODS_CREATED) - pods_before == 1
