@@ -127,6 +127,8 @@ class RecordingController(Part):
         queued = self.scheduler.queued(rec.uid) if rec.phase is None else None
         if queued is not None and queued.resource_version == rec.resource_version:
             return  # our own finalizer write coming back: it is queued as it is
+        if rec.phase is None and self.scheduler.claimed(rec.uid):
+            return  # from before its Scheduled write: queued again, it would only meet a 409
         self._track_phase(rec)
         if rec.phase is None and not rec.deleting and rec.namespace not in self.store.settings:
             await self.settings.refresh_from_api(rec.namespace)

@@ -79,6 +79,8 @@ class Scheduler(Part):
         self._stopping = False
         self._finishing: set[str] = set()
         self.desk: HandoffDesk | None = None  # where pods ask for more work, if they may
+        # uploads taken for a pod whose results are not in: uid -> the version taken
+        self._claimed: dict[str, str] = {}
 
     # -- what the recording controller asks -------------------------------------------------
 
@@ -99,6 +101,11 @@ class Scheduler(Part):
     def queued(self, uid: str) -> QueueEntry | None:
         """The entry waiting for a pod, if any."""
         return self.queues.get(uid)
+
+    def claimed(self, uid: str) -> bool:
+        """Taken for a pod (an upload) whose results are not in: a view of it without a
+        phase is from before its Scheduled write (a resync page, an echo that came late)."""
+        return uid in self._claimed
 
     def pod_is_known(self, pod_name: str) -> bool:
         return any(p.name == pod_name for p in self.active.values())
@@ -177,7 +184,7 @@ class Scheduler(Part):
                 continue
             if len(self.active) + len(launches) >= self.config.max_active_pods:
                 break
-            launches.append(self._launch(node, self.queues.take(node, now, self._batch_size)))
+            launches.append(self._launch(node, self._take(node, now)))
         if launches:
             await asyncio.gather(*launches)
 
@@ -194,10 +201,11 @@ class Scheduler(Part):
             for entry in entries:
                 if entry not in active.items:  # claimed ones are found again as pod-lost
                     entry.due = self.clock() + RELAUNCH_DELAY
-                    self.queues.put(entry)
+                    self._requeue(entry)
         finally:
             if not active.items or active.uid is None:
                 self.active.pop(node, None)
+                self._release_claims(active.items)
             metrics.PODS_ACTIVE.set(len(self.active))
 
     async def _launch_batch(self, active: ActivePod, entries: list[QueueEntry]) -> None:
@@ -258,6 +266,7 @@ class Scheduler(Part):
         waiting_refs: set[tuple[str, str]] = set()
         for entry in entries:
             if self.store.refuses(entry):
+                self._release_claims([entry])
                 self.held(entry)
                 continue
             ref = (entry.namespace, entry.snapshot.credential_name)
@@ -268,6 +277,7 @@ class Scheduler(Part):
                 found = await self.store.credential_keys(*ref)
                 if isinstance(found, str):
                     by_ref[ref] = None
+                    self._release_claims([entry])
                     await self._transient_now(entry, found)
                     continue
                 if entry.action == "upload" and self.store.keys_unvalidated(*ref, found):
@@ -279,12 +289,13 @@ class Scheduler(Part):
                     continue
                 by_ref[ref] = found
             elif by_ref[ref] is None:
+                self._release_claims([entry])
                 await self._transient_now(entry, "credential not usable")
                 continue
             usable.append(entry)
         for entry in waiting:  # back in the queue, not counted as an attempt
             entry.due = self.clock() + RELAUNCH_DELAY
-            self.queues.put(entry)
+            self._requeue(entry)
         return {ref: found for ref, found in by_ref.items() if found is not None}, usable
 
     def _handoff_file(self, active: ActivePod) -> HandoffFile | None:
@@ -332,6 +343,7 @@ class Scheduler(Part):
                 for i, entry in enumerate(active.items)
             )
         )
+        self._release_claims(active.items)
 
     async def _next_batch(self, active: ActivePod) -> list[QueueEntry]:
         """The node's due work the pod can take, marked Scheduled for it. Work under a
@@ -341,15 +353,14 @@ class Scheduler(Part):
         age = (now - active.started).total_seconds()
         if self._stopping or age > self.config.pods.active_deadline_seconds / 2:
             return []
-        taken = self.queues.take(active.node, now, self._batch_size)
-        found, usable = await self._credentials(taken)
+        found, usable = await self._credentials(self._take(active.node, now))
         fits = []
         for entry in usable:
             ref = (entry.namespace, entry.snapshot.credential_name)
             if ref in active.files and found.get(ref) == active.keys.get(ref):
                 fits.append(entry)
             else:  # a new pod takes it, with its credential
-                self.queues.put(entry)
+                self._requeue(entry)
         marked = await asyncio.gather(*(self._mark_scheduled(e, active.name) for e in fits))
         return [e for e, ok in zip(fits, marked, strict=True) if ok]
 
@@ -359,7 +370,7 @@ class Scheduler(Part):
         now = self.clock()
         for entry in active.items:
             entry.due, entry.unwritten = now, False
-            self.queues.put(entry)
+            self._requeue(entry)
         if active.items:
             log.info(
                 "a batch the uploader pod never received is queued again",
@@ -376,10 +387,31 @@ class Scheduler(Part):
         except Exception as exc:
             if not is_status(exc, 404, 409, 422):
                 log.warning("could not schedule %s: %s", entry.ref, type(exc).__name__)
-                self.queues.put(entry)  # try again on a later tick
+                self._requeue(entry)  # try again on a later tick
+                return False
+            self._release_claims([entry])
+            if is_status(exc, 409):  # changed since: an event skipped meanwhile is read again
+                self.held(entry)
             return False
         entry.scheduled_as(written)  # no Event: the pod's own names its batch
         return True
+
+    def _take(self, node: str, now: datetime) -> list[QueueEntry]:
+        """Due work of `node`, claimed from now on: a view of it without a phase that comes
+        in while it is being marked Scheduled, or later, is not queued a second time."""
+        taken = self.queues.take(node, now, self._batch_size)
+        for entry in taken:
+            if entry.action == "upload":
+                self._claimed[entry.uid] = entry.resource_version
+        return taken
+
+    def _requeue(self, entry: QueueEntry) -> None:
+        self._release_claims([entry])
+        self.queues.put(entry)
+
+    def _release_claims(self, entries: list[QueueEntry]) -> None:
+        for entry in entries:
+            self._claimed.pop(entry.uid, None)
 
     async def _items_from_secret(self, name: str) -> list[QueueEntry] | None:
         found = await self.kube.secret_data(self.config.pods.namespace, name)
@@ -511,6 +543,7 @@ class Scheduler(Part):
                 for i, entry in enumerate(active.items)
             )
         )
+        self._release_claims(active.items)
         return why
 
     async def _apply(
@@ -587,11 +620,13 @@ class Scheduler(Part):
         self.queues.put(entry)
 
     async def _node_missing(self, node: str, entries: list[QueueEntry]) -> None:
+        self._release_claims(entries)
         for entry in entries:
             await self._transient_now(entry, f"node {node} does not exist", purge_ok=True)
 
     async def _fail_all(self, active: ActivePod, message: str) -> None:
         await asyncio.gather(*(self._apply(e, active, None, message, None) for e in active.items))
+        self._release_claims(active.items)
 
     async def _transient_now(self, entry: QueueEntry, message: str, purge_ok: bool = False) -> None:
         """A failure before any pod ran (no node, no credential): the retry policy applies."""

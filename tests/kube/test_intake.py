@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,10 +19,12 @@ from kubernetes import client as k8s
 from tests.support import samples
 from tests.support.kube import create
 from voicevault import API_GROUP, API_VERSION
+from voicevault.crds.recording import StorageSnapshot
 from voicevault.operator import metrics, recordingcontroller
 from voicevault.operator.config import OperatorConfig
 from voicevault.operator.controller import Controller
 from voicevault.operator.kube import Kube
+from voicevault.operator.queues import QueueEntry
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("crds")]
 
@@ -114,3 +117,57 @@ def test_a_resync_counts_settled_recordings_in_the_phase_gauge(
     asyncio.run(controller.recordings.resync_once(everything=True))
 
     assert metrics.sample("voicevault_recordings", phase="Completed") == before + 1
+
+
+def test_a_view_from_before_its_scheduled_write_is_not_queued_again(
+    controller: Controller, kube_api: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resync page or a late echo of the finalizer write brings a recording without a
+    phase after the scheduler claimed it for a pod: queued again, it could only meet a
+    409 when its turn came (what the 409s of #19's bursts were)."""
+    created = create(kube_api, "recordings", namespace, samples.recording("claimed"))
+    meta = created["metadata"]
+    snapshot = StorageSnapshot(
+        setting_generation=1,
+        bucket_url="https://b.s3.amazonaws.com/",
+        region="us-east-1",
+        bucket="b",
+        object_key="k",
+        media_url="https://b.s3.amazonaws.com/k",
+        credential_name="c",
+        retry_window_seconds=7200,
+        initial_backoff_seconds=30,
+        max_backoff_seconds=600,
+    )
+    now = datetime.now(UTC)
+    entry = QueueEntry(
+        namespace,
+        "claimed",
+        meta["uid"],
+        meta["resourceVersion"],
+        "node-a",
+        "RE" + "0" * 32,
+        "x.wav",
+        snapshot,
+        0,
+        "upload",
+        now,
+        now,
+        unwritten=True,
+    )
+    carried: list[str] = []
+
+    async def carry_out(rec: Any, body: Any, decision: Any) -> None:
+        carried.append(rec.resource_version)
+
+    monkeypatch.setattr(controller.recordings, "_carry_out", carry_out)
+    scheduler = controller.scheduler
+    scheduler.enqueue(entry)
+    assert scheduler._take("node-a", now) == [entry]
+    asyncio.run(controller.recordings.on_recording(created))  # an echo while it is marked
+    assert asyncio.run(scheduler._mark_scheduled(entry, "vv-upload-x"))
+    asyncio.run(controller.recordings.on_recording(created))  # the view from before, later
+    assert carried == []
+    scheduler._release_claims([entry])  # its pod reported: a view without a phase counts again
+    asyncio.run(controller.recordings.on_recording(created))
+    assert carried == [meta["resourceVersion"]]
