@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -255,10 +256,17 @@ class Kube:
         return dict(self.api_client.sanitize_for_serialization(result))
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        result = await self._call(
-            "list", "pods", self.core.list_namespaced_pod, namespace, label_selector=selector
-        )
-        return list(self.api_client.sanitize_for_serialization(result).get("items", []))
+        """As plain JSON: the scheduler lists its pods every poll, and building the client's
+        models for them, then turning them back into dicts, was a tenth of its CPU (#19)."""
+
+        def listed() -> list[dict[str, Any]]:
+            answer: Any = self.core.list_namespaced_pod(
+                namespace, label_selector=selector, _preload_content=False
+            )  # the raw answer, whatever the annotation says
+            return list(json.loads(answer.data).get("items", []))
+
+        metrics.KUBE_REQUESTS.labels(verb="list", resource="pods").inc()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, listed)
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
         """Delete a pod; one already gone is fine."""
