@@ -186,6 +186,13 @@ def test_no_secret_leaks_anywhere(
     for key in content_keys:
         raw = base64.b64decode(key)
         secrets |= {key, raw.hex(), base64.urlsafe_b64encode(raw).decode()}
+    # each pod's bearer token for asking the operator for more work
+    handoff_tokens = {
+        json.loads(p.read_text())["token"]
+        for p in (live_stack.kubelet.root / "pods").glob("*/volumes/batch/handoff.json")
+    }
+    assert len(handoff_tokens) >= 4, "every pod was given a token of its own"
+    secrets |= handoff_tokens
     found = [
         (where, s[:6] + "…")
         for where, text in _everything(live_stack, pods).items()
