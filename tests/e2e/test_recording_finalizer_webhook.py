@@ -8,6 +8,7 @@ loopback), as `make up` runs it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -23,7 +24,7 @@ from tests.bed.s3_moto import MotoS3
 from tests.bed.stack import RELEASE, SYSTEM_NAMESPACE, Account, Stack, recording_spec
 from tests.bed.stack_fixtures import own_stack, running
 from tests.support.invariants import metric
-from tests.support.kube import apiserver_request_counts, as_dict, wait_for
+from tests.support.kube import apiserver_request_counts, as_dict, kubectl, wait_for
 from voicevault import API_GROUP, API_VERSION
 from voicevault.crds.recording import FINALIZER
 from voicevault.operator.config import WebhookConfig
@@ -69,6 +70,28 @@ def _admitted_with_finalizer(stack: Stack, account: Account, body: dict[str, Any
         )
     )
     return bool(answer["metadata"].get("finalizers") == [FINALIZER])
+
+
+def _webhook_alone(stack: Stack, account: Account) -> Webhook:
+    """The operator killed, and its webhook served on its port by the operator's own
+    server in this process: admission goes on while nothing reconciles."""
+    stack.operator.kill()
+    alone = Webhook(
+        stack.api,
+        WebhookConfig(
+            namespace=SYSTEM_NAMESPACE,
+            cert_secret=f"{RELEASE}-webhook-cert",
+            configuration=RELEASE,
+            service=RELEASE,
+            extra_hosts=("127.0.0.1",),
+            bind_address="127.0.0.1",
+            port=stack.operator.webhook_port,
+        ),
+    )
+    alone.start()
+    probe = _recording(stack, account, "probe")
+    wait_for(lambda: _admitted_with_finalizer(stack, account, probe), what="the webhook alone")
+    return alone
 
 
 def _fail_opens(stack: Stack) -> float:
@@ -146,25 +169,10 @@ def test_admitted_with_the_finalizer_and_deleted_before_the_operator_saw_it_is_p
     """A replica that serves the webhook while no operator reconciles (a standby's, say):
     the Recording is deleted at once. The operator that comes up purges its media from the
     node and only then releases it."""
-    port = live.operator.webhook_port
-    live.operator.kill()
-    standby = Webhook(
-        live.api,
-        WebhookConfig(
-            namespace=SYSTEM_NAMESPACE,
-            cert_secret=f"{RELEASE}-webhook-cert",
-            configuration=RELEASE,
-            service=RELEASE,
-            extra_hosts=("127.0.0.1",),
-            bind_address="127.0.0.1",
-            port=port,
-        ),
-    )
     body = _recording(live, account, "gone-early")
     media = live.media_file(live.nodes[0], account.namespace, body["spec"]["mediaPath"])
-    standby.start()
+    standby = _webhook_alone(live, account)
     try:
-        wait_for(lambda: _admitted_with_finalizer(live, account, body), what="its webhook")
         created = live.create(account.namespace, "recordings", body)
         assert created["metadata"]["finalizers"] == [FINALIZER]
         live.delete(account.namespace, "recordings", "gone-early")
@@ -186,3 +194,34 @@ def test_admitted_with_the_finalizer_and_deleted_before_the_operator_saw_it_is_p
 
     wait_for(released, timeout=90, what="the deleted recording to be purged and released")
     assert not media.exists(), "its media was purged from the node before the release"
+
+
+def test_a_server_side_apply_again_keeps_the_finalizer_it_never_named(
+    live: Stack, account: Account
+) -> None:
+    """GitOps: the finalizer added at admission belongs to no field manager, so the next
+    apply of the same manifest (without it) does not take it away. No operator runs
+    meanwhile: nobody could have put it back."""
+    doc = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "Recording",
+        **_recording(live, account, "applied"),
+    }
+    doc["metadata"]["namespace"] = account.namespace
+    ssa = ("apply", "--server-side", "--field-manager=gitops", "-f", "-")
+    alone = _webhook_alone(live, account)
+    try:
+        kubectl(live.cp.admin_kubeconfig, *ssa, input_text=json.dumps(doc))
+        first = live.get(account.namespace, "recordings", "applied")
+        assert first["metadata"]["finalizers"] == [FINALIZER]
+        doc["metadata"]["labels"] = {"team": "a"}
+        kubectl(live.cp.admin_kubeconfig, *ssa, input_text=json.dumps(doc))
+    finally:
+        alone.stop()
+    again = live.get(account.namespace, "recordings", "applied")
+    assert again["metadata"]["labels"] == {"team": "a"}, "the second apply took effect"
+    assert again["metadata"]["finalizers"] == [FINALIZER]
+    owned = [m for m in again["metadata"]["managedFields"] if "f:finalizers" in json.dumps(m)]
+    assert not owned, owned
+    running(live)
+    live.wait_phase(account.namespace, "applied", "Completed", timeout=90)
