@@ -1,22 +1,27 @@
-"""Admission decisions: refuse at apply time what the operator would refuse later anyway.
+"""Admission decisions: refuse at apply time what the operator would refuse later anyway,
+and give a new Recording the operator's finalizer at its create.
 
 Pure: an AdmissionReview request in, a response out, no I/O. The checks call the same
 parsers the operator and the uploader use (the bucket URL parser, the public key check,
 the retry policy), so a refusal carries the very message the setting's condition would
-have shown, with the values as the user wrote them. Recordings are never judged here:
-the webhook configuration does not match them at all.
+have shown, with the values as the user wrote them. Recordings are never judged: the
+mutating route allows every one, and only adds the finalizer that the operator would
+otherwise write with a request of its own.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from voicevault.crds import awscredential, voicestoragesetting
+from voicevault.crds import awscredential, recording_names, voicestoragesetting
 from voicevault.crds.awscredential import AwsCredentialSpec
 from voicevault.crds.voicestoragesetting import VoiceStorageSettingSpec
 from voicevault.operator.config import DEFAULT_RETRY_WINDOW_SECONDS
@@ -29,10 +34,18 @@ from voicevault.uploader.bucketurl import (
     region_mismatch,
 )
 
-__all__ = ["Decision", "decide", "review_response"]
+__all__ = [
+    "ROUTES",
+    "Decision",
+    "decide",
+    "finalizer_patch",
+    "mutation_response",
+    "review_response",
+]
 
 ADMISSION_VERSION = "admission.k8s.io/v1"
 JUDGED_KINDS = (awscredential.KIND, voicestoragesetting.KIND)
+COUNTED_KINDS = (*JUDGED_KINDS, recording_names.KIND)
 _USERINFO_RE = re.compile(r"(?<=://)[^/@]*@")
 _PEM_BEGIN_RE = re.compile(r"-----BEGIN [A-Z0-9 ]{1,40}-----")
 _Spec = TypeVar("_Spec", bound=BaseModel)
@@ -88,12 +101,50 @@ def review_response(review: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": ADMISSION_VERSION, "kind": "AdmissionReview", "response": response}
 
 
+def finalizer_patch(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSONPatch that gives a Recording being created the operator's finalizer.
+
+    Empty when there is nothing to add: not a Recording's CREATE, the finalizer already
+    there, or metadata the API server would not have decoded (hostile input).
+    """
+    kind = _mapping(request.get("kind")).get("kind")
+    if kind != recording_names.KIND or request.get("operation") != "CREATE":
+        return []
+    metadata = _mapping(request.get("object")).get("metadata")
+    if not isinstance(metadata, dict):
+        return []
+    finalizers = metadata.get("finalizers")
+    if finalizers is None:
+        return [{"op": "add", "path": "/metadata/finalizers", "value": [recording_names.FINALIZER]}]
+    if not isinstance(finalizers, list) or recording_names.FINALIZER in finalizers:
+        return []
+    return [{"op": "add", "path": "/metadata/finalizers/-", "value": recording_names.FINALIZER}]
+
+
+def mutation_response(review: dict[str, Any]) -> dict[str, Any]:
+    """The AdmissionReview to send back for a Recording's create: always allowed."""
+    request = _mapping(review.get("request"))
+    response: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": True}
+    patch = finalizer_patch(request)
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+    return {"apiVersion": ADMISSION_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+# the webhook's HTTPS paths, each with the answer for a review sent to it
+ROUTES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "/validate": review_response,
+    "/mutate": mutation_response,
+}
+
+
 def summary(review: dict[str, Any]) -> dict[str, str]:
     """What to log and count about a review: its kind (a bounded label) and object."""
     request = _mapping(review.get("request"))
     kind = _mapping(request.get("kind")).get("kind")
     return {
-        "kind": kind if kind in JUDGED_KINDS else "other",
+        "kind": kind if kind in COUNTED_KINDS else "other",
         "namespace": str(request.get("namespace") or ""),
         "object": str(request.get("name") or ""),
         "operation": str(request.get("operation") or ""),

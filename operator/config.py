@@ -185,14 +185,16 @@ class OperatorConfig:
 
 @dataclass(frozen=True)
 class WebhookConfig:
-    """The validating admission webhook the operator serves (HTTPS, AdmissionReview v1)."""
+    """The admission webhooks the operator serves (HTTPS, AdmissionReview v1): validating
+    for settings and credentials, mutating (the finalizer) for a Recording's create."""
 
     enabled: bool = field(
         default=True,
         metadata=flag(
             "webhook",
             "WEBHOOK_ENABLED",
-            "serve the webhook that refuses bad settings and credentials at apply time",
+            "serve the webhooks: bad settings and credentials refused at apply time, the "
+            "finalizer given to new recordings",
             group=WEBHOOK,
         ),
     )
@@ -225,7 +227,8 @@ class WebhookConfig:
         metadata=flag(
             "webhook-configuration",
             "WEBHOOK_CONFIGURATION",
-            "ValidatingWebhookConfiguration whose caBundle the operator keeps current",
+            "Validating- and MutatingWebhookConfiguration (one name) whose caBundle the "
+            "operator keeps current",
             group=WEBHOOK,
         ),
     )

@@ -71,7 +71,7 @@ HEAP_BLOCKS = Gauge(
 HEAP_BLOCKS.set_function(sys.getallocatedblocks)
 WEBHOOK_REVIEWS = Counter(
     "voicevault_webhook_reviews_total",
-    "Admission reviews answered by the validating webhook, by kind and decision.",
+    "Admission reviews answered by the webhooks (validating and mutating), by kind and decision.",
     ["kind", "allowed"],
 )
 WEBHOOK_CERT_EXPIRY = Gauge(

@@ -1,10 +1,10 @@
-"""Serve the validating admission webhook over HTTPS, and keep its certificate current.
+"""Serve the admission webhooks over HTTPS, and keep their certificate current.
 
 Runs in threads of its own, beside kopf's event loop, so a busy operator never delays
-an apply. The decisions are in `admission` (pure); the certificate rules in
-`webhookcert` (pure). Here: the Secret holding the certificate, the caBundle of the
-ValidatingWebhookConfiguration, and a TLS server that picks up a new certificate for
-the next connection without a restart.
+an apply. The decisions are in `admission` (pure, one function per path); the
+certificate rules in `webhookcert` (pure). Here: the Secret holding the certificate, the
+caBundle of the Validating- and MutatingWebhookConfiguration, and a TLS server that
+picks up a new certificate for the next connection without a restart.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import ssl
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,10 +32,11 @@ from voicevault.operator.handoff import HandoffDesk
 
 log = logging.getLogger("voicevault.operator.webhook")
 
-PATH = "/validate"
 MAX_BODY = 3 * 1024 * 1024  # the API server's own request limit is about this
 RETRY_SECONDS = 5.0  # after a failed look, instead of the check interval
 STRATEGIC = "application/strategic-merge-patch+json"
+VALIDATING = "ValidatingWebhookConfiguration"
+MUTATING = "MutatingWebhookConfiguration"
 
 
 class ReloadingContext:
@@ -87,28 +88,30 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
         desk = self.server.desk
-        if path != PATH and not (path == MORE_PATH and desk is not None):
+        route = admission.ROUTES.get(path)
+        asking = desk if path == MORE_PATH else None  # an uploader pod, for more work
+        if route is None and asking is None:
             self._reply(HTTPStatus.NOT_FOUND, {"error": "not found"})
             return
         length = int(self.headers.get("Content-Length") or 0)
         if not 0 < length <= MAX_BODY:
             self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "bad length"})
             return
-        if desk is not None and path == MORE_PATH:
-            body = self.rfile.read(length)
-            status, data = desk.serve(body, self.headers.get("Authorization", ""))
-            self._send(status, data)
+        body = self.rfile.read(length)
+        if route is None:
+            assert asking is not None  # the 404 above
+            self._send(*asking.serve(body, self.headers.get("Authorization", "")))
             return
         try:
-            review = json.loads(self.rfile.read(length))
+            review = json.loads(body)
             if not isinstance(review, dict):
                 raise ValueError("not an object")
         except ValueError:
             self._reply(HTTPStatus.BAD_REQUEST, {"error": "expected an AdmissionReview"})
             return
         try:
-            answer = admission.review_response(review)
-        except Exception:  # a bug, not the user's mistake: fail closed, as the policy does
+            answer = route(review)
+        except Exception:  # a bug, not the user's mistake: the configuration's policy decides
             log.exception("webhook could not judge a review")
             self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
             return
@@ -197,7 +200,7 @@ class CertKeeper:
         self.core = k8s.CoreV1Api(api_client)
         self.admission = k8s.AdmissionregistrationV1Api(api_client)
         self._last: dict[str, bytes] = {}  # what was last served: restores a deleted Secret
-        self._missing_logged = False
+        self._missing_logged: set[str] = set()  # configuration kinds found missing
         hosts = webhookcert.service_hosts(config.service, config.namespace) + config.extra_hosts
         self.policy = webhookcert.CertPolicy(
             hosts=tuple(dict.fromkeys(hosts)),
@@ -266,33 +269,56 @@ class CertKeeper:
         self.core.replace_namespaced_secret(self.config.cert_secret, self.config.namespace, current)
 
     def _patch_ca_bundle(self, bundle: bytes) -> None:
+        """Both configurations trust `bundle` before a certificate it signs is served."""
         wanted = base64.b64encode(bundle).decode()
+        api = self.admission
+        self._patch_one(
+            VALIDATING,
+            wanted,
+            api.read_validating_webhook_configuration,
+            api.patch_validating_webhook_configuration,
+        )
+        self._patch_one(
+            MUTATING,
+            wanted,
+            api.read_mutating_webhook_configuration,
+            api.patch_mutating_webhook_configuration,
+        )
+
+    def _patch_one(
+        self, kind: str, wanted: str, read: Callable[..., Any], patch: Callable[..., Any]
+    ) -> None:
+        name = self.config.configuration
         try:
-            config = self.admission.read_validating_webhook_configuration(self.config.configuration)
+            config = read(name)
         except ApiException as exc:
-            if exc.status != 404:
+            # nobody calls a webhook that is not registered: serving is harmless. The
+            # mutating one is optional (the chart's webhook.recordingFinalizer): without it,
+            # or without the right to read it, the operator writes the finalizer itself
+            optional = kind == MUTATING and exc.status == 403
+            if exc.status != 404 and not optional:
                 raise
-            # nobody calls a webhook that is not registered: serving is harmless
-            if not self._missing_logged:
-                log.warning(
-                    "webhook configuration not found; nothing to patch",
-                    extra={"configuration": self.config.configuration},
+            if kind not in self._missing_logged:
+                level = logging.WARNING if kind == VALIDATING or optional else logging.INFO
+                what = "not readable" if optional else "not found"
+                log.log(
+                    level,
+                    f"webhook configuration {what}; nothing to patch",
+                    extra={"configuration": name, "kind": kind},
                 )
-                self._missing_logged = True
+                self._missing_logged.add(kind)
             return
-        self._missing_logged = False
+        self._missing_logged.discard(kind)
         stale = [
             hook.name for hook in config.webhooks or [] if hook.client_config.ca_bundle != wanted
         ]
         if not stale:
             return
-        patch = {"webhooks": [{"name": n, "clientConfig": {"caBundle": wanted}} for n in stale]}
-        self.admission.patch_validating_webhook_configuration(
-            self.config.configuration, patch, _content_type=STRATEGIC
-        )
+        body = {"webhooks": [{"name": n, "clientConfig": {"caBundle": wanted}} for n in stale]}
+        patch(name, body, _content_type=STRATEGIC)
         log.info(
             "webhook caBundle patched",
-            extra={"configuration": self.config.configuration, "webhooks": stale},
+            extra={"configuration": name, "kind": kind, "webhooks": stale},
         )
 
 
@@ -358,7 +384,10 @@ class Webhook:
             self._threads.append(serve)
             log.info(
                 "webhook serving",
-                extra={"address": f"https://{self.config.bind_address}:{self.config.port}{PATH}"},
+                extra={
+                    "address": f"https://{self.config.bind_address}:{self.config.port}",
+                    "paths": sorted(admission.ROUTES),
+                },
             )
         return ok
 

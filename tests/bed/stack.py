@@ -54,6 +54,20 @@ class Account:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def recording_spec(node: str, media_path: str, duration: int = 7) -> dict[str, Any]:
+    """A valid Recording spec for the media at `media_path` on `node`, with a new call SID."""
+    return {
+        "accountSid": ACCOUNT_SID,
+        "callSid": "CA" + uuid.uuid4().hex,
+        "source": "StartCallRecordingAPI",
+        "channels": 1,
+        "startTime": "2026-11-25T10:00:00Z",
+        "duration": duration,
+        "nodeName": node,
+        "mediaPath": media_path,
+    }
+
+
 class OperatorProcess:
     """`voicevault operator` as a real process with its own identity and ports."""
 
@@ -511,16 +525,7 @@ class Stack:
         node = node or self.nodes[0]
         rel = media_path or f"2026/11/{name}.wav"
         self.put_media(node, account.namespace, rel, data)
-        spec: dict[str, Any] = {
-            "accountSid": ACCOUNT_SID,
-            "callSid": "CA" + uuid.uuid4().hex,
-            "source": "StartCallRecordingAPI",
-            "channels": 1,
-            "startTime": "2026-11-25T10:00:00Z",
-            "duration": 7,
-            "nodeName": node,
-            "mediaPath": rel,
-        }
+        spec = recording_spec(node, rel)
         if callback_url:
             spec["statusCallback"] = {"url": callback_url}
         return self.create(

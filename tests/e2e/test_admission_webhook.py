@@ -1,8 +1,8 @@
-"""The validating admission webhook through a real API server and the real `kubectl apply`.
+"""The admission webhooks through a real API server and the real `kubectl apply`.
 
-A stack of its own (as `make up` runs it): the operator serves the webhook on loopback,
-the ValidatingWebhookConfiguration is the chart's, with a URL client config, and the
-operator issues its certificate and patches the caBundle itself.
+A stack of its own (as `make up` runs it): the operator serves the webhooks on loopback,
+the Validating- and MutatingWebhookConfiguration are the chart's, with a URL client
+config, and the operator issues its certificate and patches both caBundles itself.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from kubernetes import client as k8s
 
 from tests.bed.controlplane import ControlPlane
 from tests.bed.s3_moto import MotoS3
-from tests.bed.stack import ACCOUNT_SID, RELEASE, SYSTEM_NAMESPACE, Stack
+from tests.bed.stack import RELEASE, SYSTEM_NAMESPACE, Stack, recording_spec
 from tests.support.keys import key_pair
 from tests.support.kube import as_dict, kubectl, wait_for
 from voicevault import API_GROUP, API_VERSION
+from voicevault.crds.recording import FINALIZER
 from voicevault.operator import webhookcert
 from voicevault.uploader import envelope
 from voicevault.uploader.bucketurl import BucketUrlError, parse_bucket_url
@@ -214,10 +215,8 @@ def test_good_ones_are_accepted_and_work(live: Stack) -> None:
     live.wait_phase(account.namespace, "call-1", "Completed")
 
 
-def _configuration(stack: Stack) -> dict[str, Any]:
-    out = kubectl(
-        stack.cp.admin_kubeconfig, "get", "validatingwebhookconfiguration", RELEASE, "-o", "json"
-    )
+def _configuration(stack: Stack, kind: str = "validatingwebhookconfiguration") -> dict[str, Any]:
+    out = kubectl(stack.cp.admin_kubeconfig, "get", kind, RELEASE, "-o", "json")
     config: dict[str, Any] = json.loads(out.stdout)
     return config
 
@@ -241,7 +240,9 @@ def _served_cert(stack: Stack) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
-def test_the_operator_patches_the_ca_bundle_and_recordings_are_not_matched(live: Stack) -> None:
+def test_the_operator_patches_the_ca_bundles_and_recordings_are_never_refused(
+    live: Stack,
+) -> None:
     config = _configuration(live)
     data = _secret_data(live)
     hooks = config["webhooks"]
@@ -255,6 +256,14 @@ def test_the_operator_patches_the_ca_bundle_and_recordings_are_not_matched(live:
         assert hook["failurePolicy"] == "Fail"
         resources = {r for rule in hook["rules"] for r in rule["resources"]}
         assert "recordings" not in resources and "*" not in resources
+    # recordings: only their create, only to add the finalizer, never refused
+    (mutating,) = _configuration(live, "mutatingwebhookconfiguration")["webhooks"]
+    assert base64.b64decode(mutating["clientConfig"]["caBundle"]) == data[webhookcert.CA_CERT]
+    assert mutating["clientConfig"]["url"] == f"{live.operator.webhook_url}/mutate"
+    assert (mutating["failurePolicy"], mutating["timeoutSeconds"]) == ("Ignore", 2)
+    assert [(r["resources"], r["operations"]) for r in mutating["rules"]] == [
+        (["recordings"], ["CREATE"])
+    ]
     # what it serves is the Secret's certificate, and the caBundle verifies it
     served = _served_cert(live)
     assert served == x509.load_pem_x509_certificate(data[webhookcert.TLS_CERT])
@@ -269,27 +278,21 @@ def test_while_the_webhook_is_down_recordings_are_created_and_settings_refused(
     namespace = fresh_namespace(live)
     live.operator.kill()
     try:
-        # the recording service must never be blocked: the webhook does not match recordings
+        # the recording service must never be blocked: the recording webhook's port is
+        # closed, and it is called with failurePolicy Ignore
         live.put_media(live.nodes[0], account.namespace, "2026/11/down.wav", b"RIFF" * 500)
         out = apply(
             live,
             {
                 "kind": "Recording",
                 "metadata": {"name": "down", "namespace": account.namespace},
-                "spec": {
-                    "accountSid": ACCOUNT_SID,
-                    "callSid": "CA" + uuid.uuid4().hex,
-                    "source": "StartCallRecordingAPI",
-                    "channels": 1,
-                    "startTime": "2026-11-25T10:00:00Z",
-                    "duration": 3,
-                    "nodeName": live.nodes[0],
-                    "mediaPath": "2026/11/down.wav",
-                },
+                "spec": recording_spec(live.nodes[0], "2026/11/down.wav", duration=3),
             },
         )
         assert out.returncode == 0, out.stderr
         assert "recording.voicevault.io/down created" in out.stdout
+        admitted = live.get(account.namespace, "recordings", "down")
+        assert "finalizers" not in admitted["metadata"], "created without the webhook's help"
         # a setting, even a good one, is refused: failurePolicy Fail
         refused = apply(live, setting(namespace, {"bucketUrl": AWS_URL}))
         assert refused.returncode != 0
@@ -299,8 +302,24 @@ def test_while_the_webhook_is_down_recordings_are_created_and_settings_refused(
     finally:
         live.operator.start()
         live.wait_webhook()
-    live.wait_phase(account.namespace, "down", "Completed")
+    done = live.wait_phase(account.namespace, "down", "Completed")
+    assert done["metadata"]["finalizers"] == [FINALIZER], "the operator added it itself"
     assert apply(live, setting(namespace, {"bucketUrl": AWS_URL})).returncode == 0
+
+
+def _dry_run_recording(stack: Stack, namespace: str) -> dict[str, Any]:
+    """A Recording's create as the API server would store it (nothing is stored)."""
+    body = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "Recording",
+        "metadata": {"name": "probe"},
+        "spec": recording_spec(stack.nodes[0], "2026/11/probe.wav"),
+    }
+    return as_dict(
+        stack.custom.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "recordings", body, dry_run="All"
+        )
+    )
 
 
 def _near_expiry(data: dict[str, bytes], hosts: tuple[str, ...]) -> dict[str, bytes]:
@@ -387,15 +406,22 @@ def test_a_ca_near_its_end_is_rotated_without_a_failed_call(live: Stack) -> None
     live.operator.kill()
     try:
         trusted = base64.b64encode(ending[webhookcert.CA_CERT] + in_use).decode()
-        admission_api.patch_validating_webhook_configuration(
-            RELEASE,
-            {
-                "webhooks": [
-                    {"name": h["name"], "clientConfig": {"caBundle": trusted}}
-                    for h in _configuration(live)["webhooks"]
-                ]
-            },
-        )
+        for kind, patch in (
+            (
+                "validatingwebhookconfiguration",
+                admission_api.patch_validating_webhook_configuration,
+            ),
+            ("mutatingwebhookconfiguration", admission_api.patch_mutating_webhook_configuration),
+        ):
+            hooks = _configuration(live, kind)["webhooks"]
+            patch(
+                RELEASE,
+                {
+                    "webhooks": [
+                        {"name": h["name"], "clientConfig": {"caBundle": trusted}} for h in hooks
+                    ]
+                },
+            )
         secret = live.core.read_namespaced_secret(CERT_SECRET, SYSTEM_NAMESPACE)
         secret.data = {k: base64.b64encode(v).decode() for k, v in ending.items()}
         live.core.replace_namespaced_secret(CERT_SECRET, SYSTEM_NAMESPACE, secret)
@@ -421,6 +447,12 @@ def test_a_ca_near_its_end_is_rotated_without_a_failed_call(live: Stack) -> None
         assert all(SETTING_HOOK in a for a in answers), [
             a for a in answers if SETTING_HOOK not in a
         ]
+        # the recording webhook trusts the new CA too: a create is still given the finalizer
+        final = _secret_data(live)[webhookcert.CA_CERT]
+        for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+            for hook in _configuration(live, kind)["webhooks"]:
+                assert base64.b64decode(hook["clientConfig"]["caBundle"]) == final, kind
+        assert _dry_run_recording(live, namespace)["metadata"]["finalizers"] == [FINALIZER]
         log = live.operator.log()
         assert "a new CA, trusted beside it" in log
         assert "not signed by the current CA" in log

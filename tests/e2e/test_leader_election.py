@@ -24,7 +24,11 @@ WRITES = ("patch", "create", "delete", "update")
 
 
 def leads(operator: OperatorProcess) -> bool:
-    return metric(operator.metrics(), "voicevault_leader") == 1
+    try:
+        scraped = operator.metrics()
+    except OSError:  # relaunched after a lost Lease and not listening yet: not leading
+        return False
+    return metric(scraped, "voicevault_leader") == 1
 
 
 def writes(operator: OperatorProcess) -> float:

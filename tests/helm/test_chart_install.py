@@ -46,7 +46,10 @@ NAMESPACED_KINDS = (
     "serviceaccounts,services,deployments,roles,rolebindings,secrets,configmaps,pods,"
     "poddisruptionbudgets"
 )
-CLUSTER_KINDS = "clusterroles,clusterrolebindings,namespaces,validatingwebhookconfigurations"
+CLUSTER_KINDS = (
+    "clusterroles,clusterrolebindings,namespaces,validatingwebhookconfigurations,"
+    "mutatingwebhookconfigurations"
+)
 
 
 @dataclass
@@ -139,7 +142,8 @@ def test_install_creates_the_release_objects(kubeconfig: Path, release: Release)
     assert f"helm test {release.name}" in notes
     assert "VoiceStorageSetting" in notes
     assert f"validatingwebhookconfiguration/{release.fullname} refuses" in notes
-    assert "recordings are never matched" in notes
+    assert "recordings are never refused" in notes
+    assert f"mutatingwebhookconfiguration/{release.fullname} gives new recordings" in notes
     full = release.fullname
     assert release_objects(kubeconfig, release.name) == sorted(
         [
@@ -160,6 +164,7 @@ def test_install_creates_the_release_objects(kubeconfig: Path, release: Release)
             f"serviceaccount/{full}-operator",
             f"serviceaccount/{full}-uploader",
             f"validatingwebhookconfiguration.admissionregistration.k8s.io/{full}",
+            f"mutatingwebhookconfiguration.admissionregistration.k8s.io/{full}",
         ]
     )
     namespace = json.loads(
@@ -227,6 +232,8 @@ OPERATOR_CAN = [
     # the webhook: its own configuration and certificate Secret, by name (test below)
     ("list", "validatingwebhookconfigurations.admissionregistration.k8s.io", "", False),
     ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", "", False),
+    ("list", "mutatingwebhookconfigurations.admissionregistration.k8s.io", "", False),
+    ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", "", False),
     ("create", "secrets", "RELEASE", True),  # the certificate Secret, the first time
     ("get", "secrets", "RELEASE", True),
     ("update", "secrets", "RELEASE", False),
@@ -294,6 +301,10 @@ def test_operator_rbac(
         ("patch", "validatingwebhookconfigurations", "RELEASE", "", True),
         ("patch", "validatingwebhookconfigurations", "someone-elses", "", False),
         ("delete", "validatingwebhookconfigurations", "RELEASE", "", False),
+        ("get", "mutatingwebhookconfigurations", "RELEASE", "", True),
+        ("patch", "mutatingwebhookconfigurations", "RELEASE", "", True),
+        ("patch", "mutatingwebhookconfigurations", "someone-elses", "", False),
+        ("delete", "mutatingwebhookconfigurations", "RELEASE", "", False),
         ("update", "secrets", "RELEASE-webhook-cert", "RELEASE", True),
         ("update", "secrets", "another", "RELEASE", False),
         ("update", "secrets", "RELEASE-webhook-cert", "acct-a", False),
@@ -534,19 +545,13 @@ def test_helm_test_check_passes_against_the_operator(
         assert "not served by the API server" in missing.stderr
         assert operator.alive
 
-        # the chart's RBAC is enough for the webhook too: its Secret made, its caBundle set
+        # the chart's RBAC is enough for the webhooks too: its Secret made, both caBundles set
         def patched() -> bool:
-            config = json.loads(
-                kubectl(
-                    kubeconfig,
-                    "get",
-                    "validatingwebhookconfiguration",
-                    release.fullname,
-                    "-o",
-                    "json",
-                ).stdout
-            )
-            return all(h["clientConfig"].get("caBundle") for h in config["webhooks"])
+            configs = [
+                json.loads(kubectl(kubeconfig, "get", kind, release.fullname, "-o", "json").stdout)
+                for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")
+            ]
+            return all(h["clientConfig"].get("caBundle") for c in configs for h in c["webhooks"])
 
         wait_for(patched, timeout=30, what="the operator to patch its caBundle")
         kubectl(

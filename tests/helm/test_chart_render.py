@@ -76,7 +76,8 @@ DEFAULT_KINDS = sorted(
     ["ServiceAccount"] * 2
     + ["ClusterRole", "ClusterRoleBinding"] * 2
     + ["Role", "RoleBinding"] * 3  # uploads, the leader Lease, the webhook's certificate
-    + ["Service", "Deployment", "PodDisruptionBudget", "ValidatingWebhookConfiguration"]
+    + ["Service", "Deployment", "PodDisruptionBudget"]
+    + ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"]
 )
 
 
@@ -188,11 +189,12 @@ def test_default_values_render_the_operator(helm_cli: Helm) -> None:
     assert hook.enabled and hook.manage_cert
     assert (hook.port, hook.namespace) == (9443, RELEASE_NS)
     assert hook.configuration == find(docs, "ValidatingWebhookConfiguration")["metadata"]["name"]
+    assert hook.configuration == find(docs, "MutatingWebhookConfiguration")["metadata"]["name"]
     assert (hook.service, hook.cert_secret) == ("voicevault", "voicevault-webhook-cert")
     assert hook.renew_before_days == 30
 
 
-def test_the_webhook_never_matches_recordings_and_fails_closed(helm_cli: Helm) -> None:
+def test_the_validating_webhook_never_matches_recordings_and_fails_closed(helm_cli: Helm) -> None:
     config = find(helm_cli.render(extra=["--skip-tests"]), "ValidatingWebhookConfiguration")
     hooks = {h["name"]: h for h in config["webhooks"]}
     assert set(hooks) == {"voicestoragesettings.voicevault.io", "awscredentials.voicevault.io"}
@@ -215,13 +217,61 @@ def test_the_webhook_never_matches_recordings_and_fails_closed(helm_cli: Helm) -
     assert "annotations" not in config["metadata"]  # no caBundle, no cert-manager by default
 
 
+@pytest.mark.parametrize("policy", ["Fail", "Ignore"])
+def test_the_mutating_webhook_adds_the_finalizer_and_can_never_refuse(
+    helm_cli: Helm, policy: str
+) -> None:
+    docs = helm_cli.render(
+        sets=[f"webhook.failurePolicy={policy}", "webhook.timeoutSeconds=10"],
+        extra=["--skip-tests"],
+    )
+    config = find(docs, "MutatingWebhookConfiguration")
+    (hook,) = config["webhooks"]
+    assert hook == {
+        "name": "recordings.voicevault.io",
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": "Ignore",  # whatever webhook.failurePolicy says
+        "reinvocationPolicy": "Never",
+        "matchPolicy": "Equivalent",
+        "timeoutSeconds": 2,  # nor webhook.timeoutSeconds
+        "rules": [
+            {
+                "apiGroups": ["voicevault.io"],
+                "apiVersions": ["*"],
+                "operations": ["CREATE"],
+                "resources": ["recordings"],
+                "scope": "Namespaced",
+            }
+        ],
+        "clientConfig": {
+            "service": {
+                "name": "voicevault",
+                "namespace": RELEASE_NS,
+                "port": 443,
+                "path": "/mutate",
+            }
+        },
+    }
+    assert "annotations" not in config["metadata"]
+    validating = find(docs, "ValidatingWebhookConfiguration")
+    assert {h["failurePolicy"] for h in validating["webhooks"]} == {policy}
+
+
+def test_the_recording_finalizer_webhook_can_be_turned_off(helm_cli: Helm) -> None:
+    docs = helm_cli.render(sets=["webhook.recordingFinalizer=false"], extra=["--skip-tests"])
+    assert "MutatingWebhookConfiguration" not in kinds(docs)
+    assert "ValidatingWebhookConfiguration" in kinds(docs)
+    assert webhook_config_from(operator_args(find(docs, "Deployment"))).enabled
+
+
 def test_the_webhook_rbac_is_limited_to_its_own_objects(helm_cli: Helm) -> None:
     docs = helm_cli.render(extra=["--skip-tests"])
     rules = find(docs, "ClusterRole", "voicevault-operator")["rules"]
     (admission,) = [r for r in rules if r["apiGroups"] == ["admissionregistration.k8s.io"]]
     assert admission == {
         "apiGroups": ["admissionregistration.k8s.io"],
-        "resources": ["validatingwebhookconfigurations"],
+        "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
         "resourceNames": ["voicevault"],
         "verbs": ["get", "patch"],
     }
@@ -235,10 +285,10 @@ def test_the_webhook_rbac_is_limited_to_its_own_objects(helm_cli: Helm) -> None:
 
 def test_the_webhook_with_cert_manager(helm_cli: Helm) -> None:
     docs = helm_cli.render(sets=["webhook.certManager.enabled=true"], extra=["--skip-tests"])
-    config = find(docs, "ValidatingWebhookConfiguration")
-    assert config["metadata"]["annotations"] == {
-        "cert-manager.io/inject-ca-from": f"{RELEASE_NS}/voicevault-webhook"
-    }
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        assert find(docs, kind)["metadata"]["annotations"] == {
+            "cert-manager.io/inject-ca-from": f"{RELEASE_NS}/voicevault-webhook"
+        }
     serving = find(docs, "Certificate", "voicevault-webhook")
     assert serving["spec"]["secretName"] == "voicevault-webhook-cert"
     assert serving["spec"]["dnsNames"] == [
@@ -262,6 +312,7 @@ def test_the_webhook_with_cert_manager(helm_cli: Helm) -> None:
 def test_the_webhook_can_be_turned_off_or_called_by_url(helm_cli: Helm) -> None:
     off = helm_cli.render(sets=["webhook.enabled=false"], extra=["--skip-tests"])
     assert "ValidatingWebhookConfiguration" not in kinds(off)
+    assert "MutatingWebhookConfiguration" not in kinds(off)
     assert not any(d["metadata"]["name"].endswith("-webhook") for d in off)
     assert not webhook_config_from(operator_args(find(off, "Deployment"))).enabled
     ports = [p["name"] for p in find(off, "Service")["spec"]["ports"]]
@@ -275,6 +326,9 @@ def test_the_webhook_can_be_turned_off_or_called_by_url(helm_cli: Helm) -> None:
     for hook in find(by_url, "ValidatingWebhookConfiguration")["webhooks"]:
         assert hook["clientConfig"] == {"url": "https://127.0.0.1:9443/validate"}
         assert hook["namespaceSelector"] == {"tier": "accounts"}
+    (mutating,) = find(by_url, "MutatingWebhookConfiguration")["webhooks"]
+    assert mutating["clientConfig"] == {"url": "https://127.0.0.1:9443/mutate"}
+    assert mutating["namespaceSelector"] == {"tier": "accounts"}
 
 
 def test_operator_pod_is_locked_down(helm_cli: Helm) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
@@ -14,7 +15,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from prometheus_client import REGISTRY
 
+from voicevault.crds.recording import FINALIZER
 from voicevault.operator import webhookcert
 from voicevault.operator.webhook import AdmissionServer, ReloadingContext
 
@@ -64,21 +67,28 @@ def _served_cert(server: AdmissionServer) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
+def _review(uid: str, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """An AdmissionReview of a CREATE in namespace acme."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "voicevault.io", "version": "v1alpha1", "kind": kind},
+            "namespace": "acme",
+            "operation": "CREATE",
+            "object": obj,
+        },
+    }
+
+
 def test_an_admission_review_is_answered(
     served: tuple[AdmissionServer, ReloadingContext, Path],
 ) -> None:
     server, _, ca = served
-    review = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "u-1",
-            "kind": {"kind": "AwsCredential"},
-            "namespace": "acme",
-            "operation": "CREATE",
-            "object": {"spec": {"secretRef": {"name": "k", "namespace": "other"}}},
-        },
-    }
+    review = _review(
+        "u-1", "AwsCredential", {"spec": {"secretRef": {"name": "k", "namespace": "other"}}}
+    )
     status, answer = _post(server, ca, json.dumps(review).encode())
     assert status == 200
     assert answer["response"]["uid"] == "u-1"
@@ -86,12 +96,36 @@ def test_an_admission_review_is_answered(
     assert "secretRef.namespace 'other'" in answer["response"]["status"]["message"]
 
 
+def test_a_recordings_create_gets_its_finalizer_patch_on_the_mutating_path(
+    served: tuple[AdmissionServer, ReloadingContext, Path],
+) -> None:
+    server, _, ca = served
+    review = _review("u-2", "Recording", {"metadata": {"name": "call-1"}, "spec": {}})
+    labels = {"kind": "Recording", "allowed": "true"}
+    before = REGISTRY.get_sample_value("voicevault_webhook_reviews_total", labels) or 0.0
+    status, answer = _post(server, ca, json.dumps(review).encode(), "/mutate")
+    assert status == 200
+    response = answer["response"]
+    assert (response["uid"], response["allowed"], response["patchType"]) == (
+        "u-2",
+        True,
+        "JSONPatch",
+    )
+    assert json.loads(base64.b64decode(response["patch"])) == [
+        {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
+    ]
+    assert REGISTRY.get_sample_value("voicevault_webhook_reviews_total", labels) == before + 1
+    # the same review on the validating path is no Recording's business there: no patch
+    status, answer = _post(server, ca, json.dumps(review).encode(), "/validate")
+    assert (status, answer["response"]) == (200, {"uid": "u-2", "allowed": True})
+
+
 @pytest.mark.parametrize(
     ("body", "path", "code"),
     [
         pytest.param(b"{not json", "/validate", 400, id="not-json"),
         pytest.param(b"[1, 2]", "/validate", 400, id="not-an-object"),
-        pytest.param(b"{}", "/mutate", 404, id="wrong-path"),
+        pytest.param(b"{}", "/mutate-all", 404, id="wrong-path"),
     ],
 )
 def test_garbage_gets_an_http_error_not_a_crash(

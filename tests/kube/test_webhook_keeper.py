@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from tests.bed.controlplane import ControlPlane, api_client
 from tests.support.kube import kubectl
 from voicevault.operator import webhookcert
 from voicevault.operator.config import WebhookConfig
 from voicevault.operator.webhook import CertKeeper, ReloadingContext, Webhook
 
 pytestmark = pytest.mark.kube
+MUTATING = "mutatingwebhookconfiguration"
+KINDS = ("validatingwebhookconfiguration", MUTATING)
 
 
 def _configuration(name: str) -> dict[str, Any]:
@@ -48,14 +51,29 @@ def _configuration(name: str) -> dict[str, Any]:
     }
 
 
+def _mutating(name: str) -> dict[str, Any]:
+    """The chart's recording webhook, as inert as the one above."""
+    config = _configuration(name)
+    (hook, _) = config["webhooks"]
+    hook |= {
+        "name": "recordings.voicevault.io",
+        "reinvocationPolicy": "Never",
+        "clientConfig": {"url": "https://127.0.0.1:9/mutate"},
+    }
+    hook["rules"][0]["resources"] = ["recordings"]
+    return config | {"kind": "MutatingWebhookConfiguration", "webhooks": [hook]}
+
+
 def _secret(kube_api: Any, namespace: str, name: str) -> dict[str, bytes]:
     secret = k8s.CoreV1Api(kube_api).read_namespaced_secret(name, namespace)
     assert secret.type == "kubernetes.io/tls"
     return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
 
-def _read(kubeconfig: Path, name: str) -> dict[str, Any]:
-    out = kubectl(kubeconfig, "get", "validatingwebhookconfiguration", name, "-o", "json")
+def _read(
+    kubeconfig: Path, name: str, kind: str = "validatingwebhookconfiguration"
+) -> dict[str, Any]:
+    out = kubectl(kubeconfig, "get", kind, name, "-o", "json")
     config: dict[str, Any] = json.loads(out.stdout)
     return config
 
@@ -75,15 +93,24 @@ def test_the_keeper_makes_the_secret_patches_the_bundle_and_renews(
 
     kubectl(kubeconfig, "create", "-f", "-", input_text=json.dumps(_configuration(name)))
     try:
-        keeper.reconcile()
+        keeper.reconcile()  # the mutating one is optional: its absence is no failure
         patched = _read(kubeconfig, name)
         for hook in patched["webhooks"]:
             assert base64.b64decode(hook["clientConfig"]["caBundle"]) == first["ca.crt"]
             assert hook["clientConfig"]["url"] == "https://127.0.0.1:9/validate", "only caBundle"
+        kubectl(kubeconfig, "create", "-f", "-", input_text=json.dumps(_mutating(name)))
+        keeper.reconcile()
+        mutated = _read(kubeconfig, name, MUTATING)
+        (hook,) = mutated["webhooks"]
+        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == first["ca.crt"]
+        assert hook["clientConfig"]["url"] == "https://127.0.0.1:9/mutate", "only caBundle"
         keeper.reconcile()  # nothing to do: no write at all
         assert _secret(kube_api, namespace, config.cert_secret) == first
-        version = _read(kubeconfig, name)["metadata"]["resourceVersion"]
-        assert version == patched["metadata"]["resourceVersion"]
+        versions = [_read(kubeconfig, name, k)["metadata"]["resourceVersion"] for k in KINDS]
+        assert versions == [
+            patched["metadata"]["resourceVersion"],
+            mutated["metadata"]["resourceVersion"],
+        ]
 
         # a year on: renewed by the same CA, the bundle unchanged, the new one served
         keeper.reconcile(now=datetime.now(UTC) + timedelta(days=350))
@@ -93,7 +120,8 @@ def test_the_keeper_makes_the_secret_patches_the_bundle_and_renews(
         assert tls.cert == renewed["tls.crt"]
         assert webhookcert.not_after(renewed["tls.crt"]) > datetime.now(UTC) + timedelta(days=700)
     finally:
-        kubectl(kubeconfig, "delete", "validatingwebhookconfiguration", name)
+        for kind in KINDS:
+            kubectl(kubeconfig, "delete", kind, name, "--ignore-not-found")
 
 
 def test_with_cert_manager_the_keeper_only_reads_and_reloads(kube_api: Any, namespace: str) -> None:
@@ -154,3 +182,58 @@ def test_a_replica_that_loses_the_race_for_the_secret_serves_the_winners_certifi
     finally:
         first.stop()
         second.stop()
+
+
+def test_without_the_right_to_read_the_mutating_one_the_validating_one_still_works(
+    control_plane: ControlPlane, kube_api: Any, kubeconfig: Path, namespace: str
+) -> None:
+    """An operator of this version under an older chart's RBAC (no mutating rule): the
+    settings webhook is kept and served all the same; recordings' finalizers are then
+    written by the operator, as before."""
+    name = f"vv-old-rbac-{uuid.uuid4().hex[:8]}"
+    user = f"keeper-{name}"
+    rbac = k8s.RbacAuthorizationV1Api(kube_api)
+    rbac.create_cluster_role(
+        k8s.V1ClusterRole(
+            metadata=k8s.V1ObjectMeta(name=name),
+            rules=[
+                k8s.V1PolicyRule(
+                    api_groups=["admissionregistration.k8s.io"],
+                    resources=["validatingwebhookconfigurations"],
+                    resource_names=[name],
+                    verbs=["get", "patch"],
+                ),
+                k8s.V1PolicyRule(api_groups=[""], resources=["secrets"], verbs=["get", "create"]),
+            ],
+        )
+    )
+    rbac.create_cluster_role_binding(
+        k8s.V1ClusterRoleBinding(
+            metadata=k8s.V1ObjectMeta(name=name),
+            role_ref=k8s.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=name
+            ),
+            subjects=[
+                k8s.RbacV1Subject(kind="User", name=user, api_group="rbac.authorization.k8s.io")
+            ],
+        )
+    )
+    for body in (_configuration(name), _mutating(name)):
+        kubectl(kubeconfig, "create", "-f", "-", input_text=json.dumps(body))
+    limited = api_client(control_plane.kubeconfig_for(user, ["system:authenticated"]))
+    try:
+        config = WebhookConfig(namespace=namespace, configuration=name, extra_hosts=("127.0.0.1",))
+        tls = ReloadingContext()
+        CertKeeper(limited, config, tls).reconcile()
+        ca = _secret(kube_api, namespace, config.cert_secret)["ca.crt"]
+        assert tls.cert, "serving"
+        for hook in _read(kubeconfig, name)["webhooks"]:
+            assert base64.b64decode(hook["clientConfig"]["caBundle"]) == ca
+        (hook,) = _read(kubeconfig, name, MUTATING)["webhooks"]
+        assert "caBundle" not in hook["clientConfig"], "it could not, and did not fail"
+    finally:
+        limited.close()
+        for kind in KINDS:
+            kubectl(kubeconfig, "delete", kind, name, "--ignore-not-found")
+        rbac.delete_cluster_role_binding(name)
+        rbac.delete_cluster_role(name)

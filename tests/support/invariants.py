@@ -130,7 +130,7 @@ def settled(stack: Stack, namespace: str, names: list[str]) -> bool:
     return True
 
 
-def samples(text: str, name: str, **labels: str) -> list[float]:
+def samples(text: str, name: str, /, **labels: str) -> list[float]:
     """The values of the samples called `name` (as exposed: `..._total`, `..._count`) whose
     labels include `labels`, in a Prometheus text scrape."""
     return [
@@ -141,7 +141,7 @@ def samples(text: str, name: str, **labels: str) -> list[float]:
     ]
 
 
-def metric(text: str, name: str, **labels: str) -> float:
+def metric(text: str, name: str, /, **labels: str) -> float:
     """The sum of those samples; 0 when there are none (a counter not yet incremented)."""
     return sum(samples(text, name, **labels))
 

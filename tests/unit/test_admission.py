@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 from typing import Any
 
+import jsonpatch
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.keys import key_pair
-from voicevault.operator.admission import decide, review_response, summary
+from voicevault.crds.recording import FINALIZER
+from voicevault.operator.admission import (
+    ROUTES,
+    decide,
+    finalizer_patch,
+    mutation_response,
+    review_response,
+    summary,
+)
 from voicevault.uploader import envelope
 from voicevault.uploader.bucketurl import BucketUrlError, parse_bucket_url
 
@@ -309,3 +320,95 @@ def test_summary_bounds_the_kind_label() -> None:
         "operation": "CREATE",
     }
     assert summary({"request": {"kind": {"kind": "x" * 500}}})["kind"] == "other"
+
+
+# --- the mutating route: a Recording's finalizer at its create ---------------------------
+
+
+def recording_create(metadata: Any, operation: str = "CREATE", kind: str = "Recording") -> Any:
+    obj = {"apiVersion": "voicevault.io/v1alpha1", "kind": kind, "metadata": metadata}
+    return {
+        "uid": "u-rec",
+        "kind": {"group": "voicevault.io", "version": "v1alpha1", "kind": kind},
+        "namespace": NS,
+        "name": "call-1",
+        "operation": operation,
+        "object": obj,
+    }
+
+
+def patched(request: dict[str, Any]) -> dict[str, Any]:
+    """The object as the API server would have it after the webhook's answer."""
+    response = mutation_response({"request": request})["response"]
+    assert response["allowed"] is True and response["uid"] == request["uid"]
+    if "patch" not in response:
+        assert "patchType" not in response
+        return dict(request["object"])
+    assert response["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(response["patch"]))
+    result: dict[str, Any] = jsonpatch.apply_patch(request["object"], ops)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("finalizers", "expected"),
+    [
+        pytest.param(None, [FINALIZER], id="absent"),
+        pytest.param([], [FINALIZER], id="empty"),
+        pytest.param(["example.com/hold"], ["example.com/hold", FINALIZER], id="another"),
+        pytest.param([FINALIZER], [FINALIZER], id="already-there"),
+        pytest.param(["example.com/hold", FINALIZER], ["example.com/hold", FINALIZER], id="kept"),
+    ],
+)
+def test_a_recordings_create_gets_the_finalizer_once(
+    finalizers: list[str] | None, expected: list[str]
+) -> None:
+    metadata: dict[str, Any] = {"name": "call-1", "namespace": NS}
+    if finalizers is not None:
+        metadata["finalizers"] = finalizers
+    obj = patched(recording_create(metadata))
+    assert obj["metadata"]["finalizers"] == expected
+    assert obj["metadata"]["name"] == "call-1", "nothing else changes"
+
+
+def test_a_null_finalizers_field_is_replaced() -> None:
+    obj = patched(recording_create({"name": "call-1", "finalizers": None}))
+    assert obj["metadata"]["finalizers"] == [FINALIZER]
+
+
+def test_the_finalizer_needs_no_patch_when_it_is_there() -> None:
+    response = mutation_response({"request": recording_create({"finalizers": [FINALIZER]})})
+    assert response["response"] == {"uid": "u-rec", "allowed": True}
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pytest.param(recording_create({"name": "x"}, operation="UPDATE"), id="update"),
+        pytest.param(recording_create({"name": "x"}, operation="DELETE"), id="delete"),
+        pytest.param(recording_create({"name": "x"}, kind="VoiceStorageSetting"), id="setting"),
+        pytest.param(recording_create("not-an-object"), id="metadata-a-string"),
+        pytest.param(recording_create({"finalizers": "x"}), id="finalizers-a-string"),
+        pytest.param({"kind": "Recording", "operation": "CREATE"}, id="kind-a-string"),
+        pytest.param({"kind": {"kind": "Recording"}, "operation": "CREATE"}, id="no-object"),
+        pytest.param({}, id="empty"),
+    ],
+)
+def test_anything_else_is_allowed_untouched(request_: dict[str, Any]) -> None:
+    assert finalizer_patch(request_) == []
+    response = mutation_response({"request": request_})["response"]
+    assert response["allowed"] is True
+    assert "patch" not in response
+
+
+@pytest.mark.parametrize("review", [{}, {"request": 7}, {"request": []}, {"request": {"uid": 3}}])
+def test_the_mutating_route_never_refuses_hostile_reviews(review: dict[str, Any]) -> None:
+    answer = mutation_response(review)
+    assert answer["kind"] == "AdmissionReview"
+    assert answer["apiVersion"] == "admission.k8s.io/v1"
+    assert answer["response"]["allowed"] is True
+
+
+def test_each_path_has_its_answer_and_recordings_are_counted_by_kind() -> None:
+    assert {"/validate": review_response, "/mutate": mutation_response} == ROUTES
+    assert summary({"request": recording_create({"name": "call-1"})})["kind"] == "Recording"
