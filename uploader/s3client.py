@@ -14,6 +14,7 @@ from botocore.config import Config
 from botocore.hooks import HierarchicalEmitter
 from botocore.loaders import JSONFileLoader, Loader
 
+from voicevault.uploader import s3endpoints
 from voicevault.uploader.bucketurl import BucketLocation
 
 if TYPE_CHECKING:
@@ -108,13 +109,19 @@ class _PlainJSONFileLoader(JSONFileLoader):
     Python for each of the S3 model's and endpoint data's objects: parsing them took
     about 45 ms of each uploader pod's start, a third of that without the hook. A dict
     keeps the same order, and nothing reads the model for OrderedDict's extras.
+    `endpoints.json` comes from its S3 extract while the file is the one it was made of.
     """
 
     def _load_file(self, full_path: str, open_method: Any) -> Any:
         if not os.path.isfile(full_path):
             return None
         with open_method(full_path, "rb") as fp:
-            return json.loads(fp.read().decode("utf-8"))
+            raw = fp.read()
+        if os.path.basename(full_path) == s3endpoints.FILE_NAME:
+            extract = s3endpoints.extract_for(raw)
+            if extract is not None:
+                return extract
+        return json.loads(raw.decode("utf-8"))
 
 
 class _S3Loader(Loader):

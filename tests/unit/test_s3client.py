@@ -52,12 +52,15 @@ def test_the_plain_loader_reads_the_same_model_as_botocores() -> None:
     """Plain dicts instead of OrderedDicts (a start cost, #19): same data, same order."""
     import botocore
 
+    from voicevault.uploader import s3endpoints
     from voicevault.uploader.s3client import _PlainJSONFileLoader
 
     data = Path(botocore.__file__).parent / "data"
     for name in ("endpoints", "s3/2006-03-01/service-2", "s3/2006-03-01/endpoint-rule-set-1"):
         ours = _PlainJSONFileLoader().load_file(str(data / name))
         theirs = JSONFileLoader().load_file(str(data / name))
+        if name == "endpoints":  # S3's part of it (s3endpoints)
+            theirs = s3endpoints.s3_only(theirs)
         assert ours is not None and json.dumps(ours) == json.dumps(theirs), name
         assert type(ours) is dict
 
@@ -73,3 +76,30 @@ def test_handlers_other_than_botocores_are_still_checked_for_kwargs() -> None:
     client = make_client(location, AwsKeys("AKIAFOURTHFOURTHFOU4", "fourth-secret"))
     with pytest.raises(ValueError, match="must accept keyword arguments"):
         client.meta.events.register("after-call.s3", lambda http_response: None)
+
+
+def test_the_s3_endpoints_extract_is_that_of_the_installed_botocore() -> None:
+    """Stale after a botocore upgrade: `python -m voicevault.uploader.s3endpoints`."""
+    from voicevault.uploader import s3endpoints
+
+    raw = s3endpoints.botocore_file().read_bytes()
+    extract = s3endpoints.extract_for(raw)
+    assert extract == s3endpoints.s3_only(json.loads(raw)), "stale: rebuild the extract"
+    assert s3endpoints.extract_for(raw + b" ") is None  # any other file: parsed whole
+
+
+def test_the_s3_extract_resolves_every_region_as_the_whole_file() -> None:
+    from botocore.regions import EndpointResolver
+
+    from voicevault.uploader import s3endpoints
+
+    whole = json.loads(s3endpoints.botocore_file().read_bytes())
+    full, extract = EndpointResolver(whole), EndpointResolver(s3endpoints.s3_only(whole))
+    regions = {r for p in whole["partitions"] for r in p["regions"]} | {"us-nowhere-9", "cn-nowhere-9"}
+    for region in sorted(regions):
+        for fips, dualstack in ((False, False), (True, False), (False, True)):
+            args = ("s3", region, dualstack, fips)
+            assert extract.construct_endpoint(*args) == full.construct_endpoint(*args), args
+        assert extract.get_partition_for_region(region) == full.get_partition_for_region(region)
+    assert extract.get_available_partitions() == full.get_available_partitions()
+    assert extract.get_available_endpoints("s3") == full.get_available_endpoints("s3")

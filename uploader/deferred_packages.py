@@ -1,0 +1,95 @@
+"""Defer two package bodies an uploader pod never runs: importing this is the whole effect.
+
+An uploader pod's start is paid per pod (#19), and two package `__init__`s cost it about
+30 ms of CPU without ever being used there:
+- `botocore.docs` and its `docstring` module bring in botocore's whole documentation
+  generator (ReST writer, HTML parser, shape and example printers), only to attach lazy
+  docstrings to client methods, which nothing in a pod reads;
+- `urllib3.http2` imports `importlib.metadata` (zipfile, csv, tempfile...) for
+  `inject_into_urllib3`, which only HTTP/2 users call; urllib3 itself loads its `probe`
+  submodule only.
+
+A finder on `sys.meta_path` gives each, when it is imported, a module of its real file
+whose body has not run yet, with its real `__path__`, so its submodules import as usual.
+Its body runs the first time an attribute it does not have yet, and that names no
+submodule, is read: any later user (boto3's resource docs, an HTTP/2 opt-in) gets the
+real module. Client methods' docstrings stay empty in that process (botocore.client took
+the placeholder class). Nothing changes for a package imported before this module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+DOCSTRING_MODULE = "botocore.docs.docstring"
+# the names botocore.client and botocore.waiter import from it at their own import
+DOCSTRING_CLASSES = ("ClientMethodDocstring", "PaginatorDocstring", "WaiterDocstring")
+DEFERRED = ("botocore.docs", DOCSTRING_MODULE, "urllib3.http2")
+
+
+class _NoDocstring(str):
+    """An empty docstring, taking whatever botocore passes to its lazy ones."""
+
+    def __new__(cls, *_: Any, **__: Any) -> _NoDocstring:
+        return super().__new__(cls, "")
+
+
+class _DeferredLoader(importlib.abc.Loader):
+    """Runs the real loader's `exec_module` at the first missing attribute read."""
+
+    def __init__(self, real: importlib.machinery.SourceFileLoader) -> None:
+        self.real = real
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return None  # the default module
+
+    def exec_module(self, module: ModuleType) -> None:
+        name = module.__name__
+        folder = Path(self.real.path).parent
+        package = hasattr(module, "__path__")
+        ran = False
+
+        def run_body(attribute: str) -> Any:
+            nonlocal ran
+            if package and _is_submodule(folder, attribute):
+                # `from package import submodule` asks for it as an attribute first
+                return importlib.import_module(f"{name}.{attribute}")
+            if ran or attribute.startswith("__"):
+                raise AttributeError(f"module {name!r} has no attribute {attribute!r}")
+            ran = True
+            del module.__dict__["__getattr__"]
+            self.real.exec_module(module)
+            return getattr(module, attribute)
+
+        if name == DOCSTRING_MODULE:
+            for cls in DOCSTRING_CLASSES:
+                setattr(module, cls, _NoDocstring)
+        module.__dict__["__getattr__"] = run_body
+
+
+class _DeferringFinder(importlib.abc.MetaPathFinder):
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in DEFERRED:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+            return None
+        spec.loader = _DeferredLoader(spec.loader)
+        return spec
+
+
+def _is_submodule(folder: Path, attribute: str) -> bool:
+    return (folder / f"{attribute}.py").is_file() or (folder / attribute / "__init__.py").is_file()
+
+
+if not any(isinstance(f, _DeferringFinder) for f in sys.meta_path):
+    sys.meta_path.insert(0, _DeferringFinder())
