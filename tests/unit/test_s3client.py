@@ -98,8 +98,8 @@ def test_the_s3_extract_resolves_every_region_as_the_whole_file() -> None:
     regions = {r for p in whole["partitions"] for r in p["regions"]} | {"us-nowhere-9", "cn-nowhere-9"}
     for region in sorted(regions):
         for fips, dualstack in ((False, False), (True, False), (False, True)):
-            args = ("s3", region, dualstack, fips)
-            assert extract.construct_endpoint(*args) == full.construct_endpoint(*args), args
+            ours = extract.construct_endpoint("s3", region, None, dualstack, fips)
+            assert ours == full.construct_endpoint("s3", region, None, dualstack, fips), region
         assert extract.get_partition_for_region(region) == full.get_partition_for_region(region)
     assert extract.get_available_partitions() == full.get_available_partitions()
     assert extract.get_available_endpoints("s3") == full.get_available_endpoints("s3")
