@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.hooks import HierarchicalEmitter
 from botocore.loaders import JSONFileLoader, Loader
 
-from voicevault.uploader import s3endpoints
+from voicevault.uploader import quickstart, s3endpoints
 from voicevault.uploader.bucketurl import BucketLocation
 
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ def make_client(
             aws_secret_access_key=keys.secret_access_key,
             aws_session_token=keys.session_token,
         )
+    quickstart.started()  # an uploader pod's process: its start is over
     return cast("S3Client", client)
 
 

@@ -35,7 +35,7 @@ NEVER = (
     "pydantic_core",
     "voicevault.crds.recording",
     "voicevault.operator.scheduler",
-    # deferred package bodies (voicevault.uploader.deferred_packages)
+    # deferred package bodies (voicevault.uploader.quickstart)
     "botocore.docs.bcdoc",
     "botocore.docs.service",
     "html.parser",
@@ -92,3 +92,37 @@ def test_a_deferred_package_body_runs_when_something_else_uses_it(tmp_path: Path
         [sys.executable, "-c", _LATER_USE], check=False, capture_output=True, text=True, env=env
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+_COLLECTIONS = """
+import gc
+usual = gc.get_threshold()
+from voicevault.uploader import batch_command, quickstart
+assert gc.get_threshold()[0] == quickstart.START_THRESHOLD, gc.get_threshold()
+from voicevault.uploader.bucketurl import parse_bucket_url
+from voicevault.uploader.s3client import AwsKeys, make_client
+
+location = parse_bucket_url("https://bucket-one.s3.eu-west-1.amazonaws.com/calls/")
+make_client(location, AwsKeys("AKIAEXAMPLEEXAMPLE12", "not-a-secret"))
+assert gc.get_threshold() == usual, gc.get_threshold()
+assert gc.get_freeze_count() > 20_000, gc.get_freeze_count()  # botocore's model and all
+print("ok")
+"""
+
+
+def test_collections_wait_for_the_first_client_then_run_as_usual(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _COLLECTIONS], check=False, capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_an_operator_process_importing_the_s3_client_keeps_its_collector_as_it_is() -> None:
+    code = (
+        "import gc; usual = gc.get_threshold()\n"
+        "from voicevault.uploader import s3client, transfer\n"
+        "assert gc.get_threshold() == usual and gc.get_freeze_count() == 0\n"
+        "import sys; assert not any(type(f).__name__ == '_DeferringFinder' for f in sys.meta_path)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,7 +1,9 @@
-"""Defer two package bodies an uploader pod never runs: importing this is the whole effect.
+"""What an uploader pod's process does first, for a cheap start (#19): `begin`, called
+by importing `voicevault.uploader.podstart` before anything else. Its start is paid per
+pod.
 
-An uploader pod's start is paid per pod (#19), and two package `__init__`s cost it about
-30 ms of CPU without ever being used there:
+Two package bodies are deferred, which cost it about 30 ms of CPU without ever being
+used there:
 - `botocore.docs` and its `docstring` module bring in botocore's whole documentation
   generator (ReST writer, HTML parser, shape and example printers), only to attach lazy
   docstrings to client methods, which nothing in a pod reads;
@@ -15,10 +17,18 @@ Its body runs the first time an attribute it does not have yet, and that names n
 submodule, is read: any later user (boto3's resource docs, an HTTP/2 opt-in) gets the
 real module. Client methods' docstrings stay empty in that process (botocore.client took
 the placeholder class). Nothing changes for a package imported before this module.
+
+And the cyclic garbage collector waits until the first S3 client is made
+(`s3client.make_client` calls `started`): the imports and botocore's S3 model are
+hundreds of thousands of objects that all stay, and collecting young objects about 90
+times while they are made cost about 20 ms. Then what exists is frozen (never scanned
+again: later collections only look at the batch's own objects) and the usual
+thresholds apply again. Until then the collector still runs, only rarely.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -32,6 +42,9 @@ DOCSTRING_MODULE = "botocore.docs.docstring"
 # the names botocore.client and botocore.waiter import from it at their own import
 DOCSTRING_CLASSES = ("ClientMethodDocstring", "PaginatorDocstring", "WaiterDocstring")
 DEFERRED = ("botocore.docs", DOCSTRING_MODULE, "urllib3.http2")
+# young objects between collections while starting (the usual is 700)
+START_THRESHOLD = 100_000
+_paused: list[tuple[int, ...]] = []  # the usual thresholds, while paused
 
 
 class _NoDocstring(str):
@@ -91,5 +104,17 @@ def _is_submodule(folder: Path, attribute: str) -> bool:
     return (folder / f"{attribute}.py").is_file() or (folder / attribute / "__init__.py").is_file()
 
 
-if not any(isinstance(f, _DeferringFinder) for f in sys.meta_path):
+def begin() -> None:
+    """Defer the two package bodies and pause collections, once."""
+    if any(isinstance(f, _DeferringFinder) for f in sys.meta_path):
+        return
     sys.meta_path.insert(0, _DeferringFinder())
+    _paused.append(gc.get_threshold())
+    gc.set_threshold(START_THRESHOLD, *_paused[0][1:])
+
+
+def started() -> None:
+    """The start is over: freeze what exists, collect as usual. No-op elsewhere."""
+    if _paused:
+        gc.freeze()
+        gc.set_threshold(*_paused.pop())
