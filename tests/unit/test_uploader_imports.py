@@ -86,12 +86,16 @@ print("ok")
 """
 
 
-def test_a_deferred_package_body_runs_when_something_else_uses_it(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+def _prints_ok(code: str, home: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
     out = subprocess.run(
-        [sys.executable, "-c", _LATER_USE], check=False, capture_output=True, text=True, env=env
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_deferred_package_body_runs_when_something_else_uses_it(tmp_path: Path) -> None:
+    _prints_ok(_LATER_USE, tmp_path)
 
 
 _COLLECTIONS = """
@@ -111,11 +115,7 @@ print("ok")
 
 
 def test_collections_wait_for_the_first_client_then_run_as_usual(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    out = subprocess.run(
-        [sys.executable, "-c", _COLLECTIONS], check=False, capture_output=True, text=True, env=env
-    )
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    _prints_ok(_COLLECTIONS, tmp_path)
 
 
 def test_an_operator_process_importing_the_s3_client_keeps_its_collector_as_it_is() -> None:
