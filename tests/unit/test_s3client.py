@@ -113,3 +113,33 @@ def _resolved(resolver: Any, region: str, dualstack: bool, fips: bool) -> object
         return resolver.construct_endpoint("s3", region, None, dualstack, fips)
     except Exception as exc:
         return repr(exc)
+
+
+def test_an_s3_client_runs_the_same_handlers_as_with_all_of_botocores() -> None:
+    """The session registers only the built-in handlers that apply to S3 (a start cost)."""
+    import botocore.session
+
+    location = parse_bucket_url("https://bucket-one.s3.eu-west-1.amazonaws.com/calls/")
+    ours = make_client(location, AwsKeys("AKIAFIFTHFIFTHFIFTH5", "fifth-secret"))
+    theirs = botocore.session.Session().create_client(
+        "s3", config=ours.meta.config, aws_access_key_id="a", aws_secret_access_key="b"
+    )
+
+    def handlers(client: Any, event: str) -> list[str]:
+        found = client.meta.events._emitter._handlers.prefix_search(event)
+        return [getattr(h, "__qualname__", type(h).__name__) for h in found]
+
+    kinds = (
+        *("provide-client-params", "before-parameter-build", "before-endpoint-resolution"),
+        *("before-call", "request-created", "choose-signer", "before-sign", "before-send"),
+        *("needs-retry", "after-call", "after-call-error", "docs.request-params"),
+    )
+    for operation in theirs.meta.service_model.operation_names:
+        for kind in kinds:
+            event = f"{kind}.s3.{operation}"
+            assert handlers(ours, event) == handlers(theirs, event), event
+    for event in ("creating-client-class.s3", "service-data-loaded.s3", "choose-service-name"):
+        assert handlers(ours, event) == handlers(theirs, event), event
+    # what is left out: other services' handlers
+    assert "inject_presigned_url_ec2" in handlers(theirs, "before-call.ec2.CopySnapshot")
+    assert "inject_presigned_url_ec2" not in handlers(ours, "before-call.ec2.CopySnapshot")
