@@ -117,6 +117,9 @@ class PhaseGauge:
     def __len__(self) -> int:
         return len(self._phases)
 
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._phases
+
     def seen(self, uid: str, phase: str) -> str | None:
         """Count `uid` in `phase`; the phase it was counted in before (None: first seen)."""
         phase = sys.intern(phase)

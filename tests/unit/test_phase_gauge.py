@@ -29,7 +29,7 @@ def test_each_recording_counts_once_in_its_last_phase_and_cached_is_a_count() ->
     assert sample("voicevault_cached_recordings") == 2
     gauge.forget(b)
     gauge.forget(b)  # a second DELETED event (a relist) changes nothing
-    assert sample("voicevault_cached_recordings") == 1 and len(gauge) == 1
+    assert sample("voicevault_cached_recordings") == 1 and len(gauge) == 1 and b not in gauge
     gauge.seen(a, "Completed")
     gauge.forget(a)
     assert _recordings("Cached") == base["Cached"] and len(gauge) == 0
