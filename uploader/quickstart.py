@@ -118,6 +118,9 @@ def begin() -> None:
 
 def started() -> None:
     """The start is over: freeze what exists, collect as usual. No-op elsewhere."""
-    if _paused:
-        gc.freeze()
-        gc.set_threshold(*_paused.pop())
+    try:
+        usual = _paused.pop()  # atomic: clients made in two threads at once resume once
+    except IndexError:
+        return
+    gc.freeze()
+    gc.set_threshold(*usual)
