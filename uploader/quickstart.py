@@ -22,9 +22,10 @@ And the cyclic garbage collector waits until the first S3 client is made
 (`s3client.make_client` calls `started`): the imports and botocore's S3 model are some
 60,000 container objects that all stay, and collecting young objects about 90 times
 while they were made cost about 20 ms. Then what exists is frozen (never scanned again:
-later collections look at the batch's own objects; a cycle that was garbage by then
-stays, a few KiB at most) and the usual thresholds apply again. Until then the
-collector still runs, only rarely.
+later collections look at the batch's own objects; the cycles that were garbage by
+then stay: about 600 objects, 120 KiB, where a full collection to free them would cost
+25 ms) and the usual thresholds apply again. Until then the collector still runs, only
+rarely.
 """
 
 from __future__ import annotations
