@@ -7,7 +7,6 @@ import gzip
 import json
 import os
 import threading
-import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -121,7 +120,7 @@ class _PlainJSONFileLoader(JSONFileLoader):
             return None
         if open_method is gzip.open:  # in one piece: no chunks to join (S3's two models)
             with open(full_path, "rb") as fp:
-                raw = zlib.decompress(fp.read(), wbits=31)
+                raw = gzip.decompress(fp.read())
         else:
             with open_method(full_path, "rb") as fp:
                 raw = fp.read()
