@@ -97,3 +97,51 @@ def sample(name: str, **labels: str) -> float:
     """One sample as a scrape would read it (0 before it is first set), e.g.
     `sample("voicevault_events_dropped_total", type="Normal")`."""
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class PhaseGauge:
+    """`voicevault_recordings` by phase and `voicevault_cached_recordings`, kept from the
+    last phase seen of each recording.
+
+    A watch event carries only the new object, so the phase a recording leaves is
+    remembered per UID. That map is held for every Recording in the cluster, so it is
+    kept small: the phase strings are interned (each event's JSON gives its own copy
+    otherwise, 58 bytes a Completed recording), and the Cached count is kept as a number
+    instead of counting the map at each change.
+    """
+
+    def __init__(self) -> None:
+        self._phases: dict[str, str] = {}  # uid -> last phase seen
+        self._cached = 0
+
+    def __len__(self) -> int:
+        return len(self._phases)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._phases
+
+    def seen(self, uid: str, phase: str) -> str | None:
+        """Count `uid` in `phase`; the phase it was counted in before (None: first seen)."""
+        phase = sys.intern(phase)
+        old = self._phases.get(uid)
+        if old == phase:
+            return old
+        if old is not None:
+            RECORDINGS.labels(phase=old).dec()
+        RECORDINGS.labels(phase=phase).inc()
+        self._phases[uid] = phase
+        self._count_cached(old, phase)
+        return old
+
+    def forget(self, uid: str) -> None:
+        """The recording is gone: it is counted nowhere."""
+        old = self._phases.pop(uid, None)
+        if old is not None:
+            RECORDINGS.labels(phase=old).dec()
+            self._count_cached(old, None)
+
+    def _count_cached(self, old: str | None, new: str | None) -> None:
+        cached = Phase.CACHED.value
+        if cached in (old, new):
+            self._cached += (new == cached) - (old == cached)
+            CACHED.set(self._cached)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import Counter
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -54,7 +53,7 @@ class RecordingController(Part):
         self.background = background
         self.scheduler = Scheduler(shared, held=self._held)
         self.waiting: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> uid -> body
-        self.phases: dict[str, str] = {}  # uid -> last seen phase (for metrics and events)
+        self.phases = metrics.PhaseGauge()  # the last phase seen of each recording
         self.settling: set[str] = set()  # uids this process is settling right now
         # names this process in the callback claims it writes, so a restarted operator
         # (or another replica) can tell a claim it did not make from its own
@@ -142,9 +141,7 @@ class RecordingController(Part):
         self.scheduler.unqueue(uid)
         self.waiting.get(namespace, {}).pop(uid, None)
         self.accepted.discard(uid)  # deleted before its first phase came back to us
-        if uid in self.phases:
-            metrics.RECORDINGS.labels(phase=self.phases.pop(uid)).dec()
-            self._update_cached_gauge()
+        self.phases.forget(uid)
 
     async def _carry_out(
         self, rec: RecordingView, body: dict[str, Any], decision: Decision
@@ -245,24 +242,15 @@ class RecordingController(Part):
 
     def _track_phase(self, rec: RecordingView) -> None:
         phase = rec.status.get("phase") or "None"
-        old = self.phases.get(rec.uid)
+        old = self.phases.seen(rec.uid, phase)
         if old == phase:
             return
-        if old is not None:
-            metrics.RECORDINGS.labels(phase=old).dec()
-        metrics.RECORDINGS.labels(phase=phase).inc()
-        self.phases[rec.uid] = phase
-        if Phase.CACHED.value in (old, phase):
-            self._update_cached_gauge()
         if old is not None and rec.phase is Phase.COMPLETED:
             # seen happen (not listed after a restart): counted once, and from the watch
             # event alone, since the uploader's own write carries the outcome
             metrics.UPLOADED_BYTES.inc(int(rec.status.get("size") or 0))
             done = parse_time(rec.status.get("completionTime")) or self.clock()
             metrics.UPLOAD_LATENCY.observe(max(0.0, (done - rec.created).total_seconds()))
-
-    def _update_cached_gauge(self) -> None:
-        metrics.CACHED.set(Counter(self.phases.values())[Phase.CACHED.value])
 
     # -- settling a finished recording -----------------------------------------------------
 

@@ -19,6 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# first: botocore's docs and urllib3's HTTP/2 package bodies deferred, collections paused
+from voicevault.uploader import podstart  # noqa: F401  # isort: skip
 from voicevault import logs
 from voicevault.contract import (
     BATCH_FILE,

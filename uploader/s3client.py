@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import os
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import botocore.handlers
 import botocore.session
 from botocore.config import Config
 from botocore.hooks import HierarchicalEmitter
 from botocore.loaders import JSONFileLoader, Loader
 
+from voicevault.uploader import quickstart, s3endpoints
 from voicevault.uploader.bucketurl import BucketLocation
 
 if TYPE_CHECKING:
@@ -77,6 +80,7 @@ def make_client(
             aws_secret_access_key=keys.secret_access_key,
             aws_session_token=keys.session_token,
         )
+    quickstart.started()  # an uploader pod's process: its start is over
     return cast("S3Client", client)
 
 
@@ -108,13 +112,23 @@ class _PlainJSONFileLoader(JSONFileLoader):
     Python for each of the S3 model's and endpoint data's objects: parsing them took
     about 45 ms of each uploader pod's start, a third of that without the hook. A dict
     keeps the same order, and nothing reads the model for OrderedDict's extras.
+    `endpoints.json` comes from its S3 extract while the file is the one it was made of.
     """
 
     def _load_file(self, full_path: str, open_method: Any) -> Any:
         if not os.path.isfile(full_path):
             return None
-        with open_method(full_path, "rb") as fp:
-            return json.loads(fp.read().decode("utf-8"))
+        if open_method is gzip.open:  # in one piece: no chunks to join (S3's two models)
+            with open(full_path, "rb") as fp:
+                raw = gzip.decompress(fp.read())
+        else:
+            with open_method(full_path, "rb") as fp:
+                raw = fp.read()
+        if os.path.basename(full_path) == s3endpoints.FILE_NAME:
+            extract = s3endpoints.extract_for(raw)
+            if extract is not None:
+                return extract
+        return json.loads(raw.decode("utf-8"))
 
 
 class _S3Loader(Loader):
@@ -143,6 +157,34 @@ class _Emitter(HierarchicalEmitter):
             super()._verify_accept_kwargs(func)  # type: ignore[misc]  # not in the stubs
 
 
+def applies_to_s3(event_name: str) -> bool:
+    """A handler for this event can run in an S3 client: no service named, or S3's.
+    (`docs.*` events only run when botocore writes its documentation.)"""
+    parts = event_name.split(".")
+    return parts[0] != "docs" and (len(parts) == 1 or parts[1] == "s3")
+
+
+class _S3Session(botocore.session.Session):
+    """A botocore session that registers only the built-in handlers S3 clients can run.
+
+    botocore registers about 130 handlers in each session, for every service, each
+    through its event aliaser: about 10 ms of an uploader pod's start. Two thirds are
+    for other services (EC2, RDS, Glacier...) or for writing documentation.
+    """
+
+    def _register_builtin_handlers(self, events: Any) -> None:
+        for spec in botocore.handlers.BUILTIN_HANDLERS:
+            event_name, handler = spec[0], spec[1]
+            if not applies_to_s3(event_name):
+                continue
+            if len(spec) == 2:
+                self.register(event_name, handler)
+            elif spec[2] is botocore.handlers.REGISTER_FIRST:
+                events.register_first(event_name, handler)
+            elif spec[2] is botocore.handlers.REGISTER_LAST:
+                events.register_last(event_name, handler)
+
+
 @functools.cache
 def _shared_session() -> botocore.session.Session:
     """One session for every client, holding no credentials (each client gets its own).
@@ -153,7 +195,7 @@ def _shared_session() -> botocore.session.Session:
     nothing used here, and `import boto3` would also import s3transfer's managed
     transfers (upload_file, download_file), which nothing here calls.
     """
-    session = botocore.session.Session(event_hooks=_Emitter())
+    session = _S3Session(event_hooks=_Emitter())
     data_path = session.get_config_variable("data_path")
     paths = data_path.split(os.pathsep) if data_path else []
     loader = _S3Loader(extra_search_paths=paths, file_loader=_PlainJSONFileLoader())
