@@ -140,4 +140,5 @@ class Controller:
     def notice_secret(self, namespace: str, name: str) -> None:
         """A Secret's metadata changed (the watch brings no body): re-read it if it is used."""
         if self.store.uses_secret(namespace, name):
+            self.store.secret_changes += 1
             self.background.spawn(self.on_secret(namespace, name))

@@ -23,7 +23,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 
@@ -49,6 +49,8 @@ from voicevault.phases import Event, RecordingView
 log = logging.getLogger("voicevault.operator.scheduler")
 
 RELAUNCH_DELAY = timedelta(seconds=5)
+KEYS_FRESH = timedelta(seconds=10)  # a running pod's keys, trusted for its next batch
+NEVER = datetime.min.replace(tzinfo=UTC)
 API_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # reading a recording after its pod ended
 
 
@@ -66,6 +68,8 @@ class ActivePod:
     files: dict[pods.CredentialRef, str] = dataclasses.field(default_factory=dict)
     keys: dict[pods.CredentialRef, CredentialFile] = dataclasses.field(default_factory=dict)
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    keys_read: datetime = NEVER  # when `keys` were read
+    keys_seen: int = -1  # `ViewStore.secret_changes` then
 
 
 class Scheduler(Part):
@@ -213,6 +217,7 @@ class Scheduler(Part):
         if not await self.kube.node_exists(node):
             await self._node_missing(node, entries)
             return
+        seen = self.store.secret_changes
         found, usable = await self._credentials(entries)
         marked = await asyncio.gather(*(self._mark_scheduled(e, name) for e in usable))
         active.items = [e for e, ok in zip(usable, marked, strict=True) if ok]
@@ -222,6 +227,7 @@ class Scheduler(Part):
         # is its own namespace's even when an earlier entry was dropped as stale
         batch, credentials, active.files = pods.batch_for(name, node, active.items, found)
         active.keys = {ref: found[ref] for ref in active.files}
+        active.keys_read, active.keys_seen = self.clock(), seen
         handoff = self._handoff_file(active)
         manifest = pods.uploader_pod(name, node, name, self.config.pods)
         namespace = self.config.pods.namespace
@@ -256,10 +262,12 @@ class Scheduler(Part):
         )
 
     async def _credentials(
-        self, entries: list[QueueEntry]
+        self,
+        entries: list[QueueEntry],
+        known: dict[tuple[str, str], CredentialFile] | None = None,
     ) -> tuple[dict[tuple[str, str], CredentialFile], list[QueueEntry]]:
-        """Credentials by (namespace, credential name); entries whose credential is
-        unusable fail now."""
+        """Credentials by (namespace, credential name), read from their Secrets unless
+        `known`; entries whose credential is unusable fail now."""
         by_ref: dict[tuple[str, str], CredentialFile | None] = {}
         usable: list[QueueEntry] = []
         waiting: list[QueueEntry] = []
@@ -274,7 +282,7 @@ class Scheduler(Part):
                 waiting.append(entry)
                 continue
             if ref not in by_ref:
-                found = await self.store.credential_keys(*ref)
+                found = (known or {}).get(ref) or await self.store.credential_keys(*ref)
                 if isinstance(found, str):
                     by_ref[ref] = None
                     self._release_claims([entry])
@@ -353,7 +361,14 @@ class Scheduler(Part):
         age = (now - active.started).total_seconds()
         if self._stopping or age > self.config.pods.active_deadline_seconds / 2:
             return []
-        found, usable = await self._credentials(self._take(active.node, now))
+        # the pod's keys, read at most KEYS_FRESH ago and no Secret changed since, are not
+        # read again for every small batch it asks for: it uses them for all its work
+        seen = self.store.secret_changes
+        fresh = now - active.keys_read < KEYS_FRESH and active.keys_seen == seen
+        taken = self._take(active.node, now)
+        found, usable = await self._credentials(taken, active.keys if fresh else None)
+        if not fresh and all(found.get(ref, keys) == keys for ref, keys in active.keys.items()):
+            active.keys_read, active.keys_seen = now, seen  # read again: still the pod's
         fits = []
         for entry in usable:
             ref = (entry.namespace, entry.snapshot.credential_name)

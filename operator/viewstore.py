@@ -29,6 +29,9 @@ class ViewStore:
         # validation: an upload with other keys waits for their validation (a Secret
         # just edited to a wrong key must not fail an upload fatally and delete media)
         self.validated_keys: dict[tuple[str, str], str] = {}
+        # changes the Secret watch has seen to any Secret these views read: keys read
+        # before the count moved are read again
+        self.secret_changes = 0
 
     def keys_unvalidated(self, namespace: str, credential: str, keys: CredentialFile) -> bool:
         """These keys differ from the ones the bucket last accepted (known ones only)."""

@@ -7,6 +7,7 @@ moto does not verify checksums (use :mod:`tests.bed.s3_minio` for that).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -142,6 +143,16 @@ class MotoS3:
         iam = self._iam((self._admin_key, self._admin_secret))
         user = iam.get_access_key_last_used(AccessKeyId=account.access_key_id)["UserName"]
         iam.delete_access_key(UserName=user, AccessKeyId=account.access_key_id)
+
+    def rotate(self, account: S3Account) -> S3Account:
+        """A new access key for the account's user, the old one deleted (a key rotation)."""
+        iam = self._iam((self._admin_key, self._admin_secret))
+        user = iam.get_access_key_last_used(AccessKeyId=account.access_key_id)["UserName"]
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        iam.delete_access_key(UserName=user, AccessKeyId=account.access_key_id)
+        return dataclasses.replace(
+            account, access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"]
+        )
 
     def stop(self) -> None:
         """Kill the server's process group; remove the workdir if we created it."""

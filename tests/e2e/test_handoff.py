@@ -51,3 +51,40 @@ def test_work_queued_behind_a_running_pod_goes_to_that_pod(
     assert len(carried_by) == 1, carried_by
     assert all(status["attempts"] == 1 for status in done.values())
     assert metric(live_stack.operator.metrics(), PODS_CREATED) - pods_before == 1
+
+
+def test_work_queued_after_a_key_rotation_is_not_handed_to_the_pod_with_the_old_key(
+    live_stack: Stack, proxy: FaultProxy
+) -> None:
+    """The running pod holds the keys it started with. Once the Secret changes, what
+    queued behind it goes to a new pod with the new keys: with the old key revoked, the
+    running pod's uploads would fail fatally and delete the media."""
+    account = live_stack.add_account(endpoint=proxy.url)
+    release = threading.Event()
+    hold = Rule(action=Delay(120.0, release=release), method="PUT", times=1)
+    proxy.add_rule(hold)
+    try:
+        live_stack.record(account, "first", os.urandom(3000))
+        wait_for(lambda: hold.matched >= 1, timeout=60, what="the first upload to be under way")
+        rotated = live_stack.s3.rotate(account.s3)  # type: ignore[attr-defined]
+        live_stack.core.patch_namespaced_secret(
+            "s3-writer-keys",
+            account.namespace,
+            {
+                "stringData": {
+                    "AWS_ACCESS_KEY_ID": rotated.access_key_id,
+                    "AWS_SECRET_ACCESS_KEY": rotated.secret_access_key,
+                }
+            },
+        )
+        live_stack.secrets |= {rotated.secret_access_key}
+        live_stack.record(account, "after", os.urandom(3000))
+    finally:
+        release.set()
+    first = live_stack.wait_phase(account.namespace, "first", "Completed", timeout=90)["status"]
+    after = live_stack.wait_phase(account.namespace, "after", "Completed", "Failed", timeout=90)[
+        "status"
+    ]
+    assert after["phase"] == "Completed", after
+    assert after["upload"]["pod"] != first["upload"]["pod"]
+    assert after["attempts"] == 1
