@@ -19,12 +19,10 @@ from kubernetes import client as k8s
 from tests.support import samples
 from tests.support.kube import create
 from voicevault import API_GROUP, API_VERSION
-from voicevault.crds.recording import StorageSnapshot
 from voicevault.operator import metrics, recordingcontroller
 from voicevault.operator.config import OperatorConfig
 from voicevault.operator.controller import Controller
 from voicevault.operator.kube import Kube
-from voicevault.operator.queues import QueueEntry
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("crds")]
 
@@ -127,32 +125,14 @@ def test_a_view_from_before_its_scheduled_write_is_not_queued_again(
     409 when its turn came (what the 409s of #19's bursts were)."""
     created = create(kube_api, "recordings", namespace, samples.recording("claimed"))
     meta = created["metadata"]
-    snapshot = StorageSnapshot(
-        setting_generation=1,
-        bucket_url="https://b.s3.amazonaws.com/",
-        region="us-east-1",
-        bucket="b",
-        object_key="k",
-        media_url="https://b.s3.amazonaws.com/k",
-        credential_name="c",
-        retry_window_seconds=7200,
-        initial_backoff_seconds=30,
-        max_backoff_seconds=600,
-    )
     now = datetime.now(UTC)
-    entry = QueueEntry(
-        namespace,
-        "claimed",
+    entry = samples.queue_entry(
         meta["uid"],
-        meta["resourceVersion"],
         "node-a",
-        "RE" + "0" * 32,
-        "x.wav",
-        snapshot,
-        0,
-        "upload",
         now,
-        now,
+        namespace=namespace,
+        name="claimed",
+        resource_version=meta["resourceVersion"],
         unwritten=True,
     )
     carried: list[str] = []

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from voicevault.contract import BatchItem
+from voicevault.crds.recording import StorageSnapshot
+from voicevault.operator.queues import QueueEntry
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 CALL_SID = "CA" + "fedcba9876543210" * 2
@@ -90,3 +94,24 @@ def batch_item(**changes: Any) -> BatchItem:
         "credential": "credential-0.json",
     }
     return BatchItem(**(fields | changes))
+
+
+def queue_entry(uid: str, node: str, due: datetime, **changes: Any) -> QueueEntry:
+    """An upload waiting on `node`, in namespace `ns` and named after its uid; `changes`
+    override any field (`namespace`, `name`, `resource_version`, `unwritten`...)."""
+    snapshot = StorageSnapshot(
+        setting_generation=1,
+        bucket_url="https://b.s3.amazonaws.com/",
+        region="us-east-1",
+        bucket="b",
+        object_key="k",
+        media_url="https://b.s3.amazonaws.com/k",
+        credential_name="c",
+        retry_window_seconds=7200,
+        initial_backoff_seconds=30,
+        max_backoff_seconds=600,
+    )
+    entry = QueueEntry(
+        "ns", uid, uid, "1", node, "RE" + "0" * 32, "x.wav", snapshot, 0, "upload", due, due
+    )
+    return replace(entry, **changes)

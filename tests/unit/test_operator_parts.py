@@ -16,7 +16,7 @@ from voicevault.contract import (
     ItemResult,
     ResultKind,
 )
-from voicevault.crds.recording import RecordingSpec, StorageSnapshot
+from voicevault.crds.recording import RecordingSpec
 from voicevault.operator import credentials, pods, settings
 from voicevault.operator.callbacks import callback_params
 from voicevault.operator.conditions import condition, merge_conditions
@@ -159,21 +159,7 @@ def test_outcome_decode_refuses_foreign_text() -> None:
 
 
 def _entry(uid: str, node: str, due: datetime) -> QueueEntry:
-    snapshot = StorageSnapshot(
-        setting_generation=1,
-        bucket_url="https://b.s3.amazonaws.com/",
-        region="us-east-1",
-        bucket="b",
-        object_key="k",
-        media_url="https://b.s3.amazonaws.com/k",
-        credential_name="c",
-        retry_window_seconds=7200,
-        initial_backoff_seconds=30,
-        max_backoff_seconds=600,
-    )
-    return QueueEntry(
-        "ns", uid, uid, "1", node, "RE" + "0" * 32, "x.wav", snapshot, 0, "upload", due, NOW
-    )
+    return samples.queue_entry(uid, node, due, created=NOW)
 
 
 def test_queues_take_due_entries_per_node_in_order_and_requeue_replaces() -> None:
