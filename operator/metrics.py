@@ -36,6 +36,10 @@ SETTING_VALID = Gauge(
 CALLBACKS = Counter("voicevault_callbacks_total", "Status callbacks by result.", ["result"])
 PODS_CREATED = Counter("voicevault_uploader_pods_created_total", "Uploader pods created.")
 PODS_ACTIVE = Gauge("voicevault_uploader_pods_active", "Uploader pods not yet finished.")
+RECORDINGS_HANDED = Counter(
+    "voicevault_uploader_recordings_handed_total",
+    "Recordings handed to an uploader pod already running, which asked for more work.",
+)
 KUBE_REQUESTS = Counter(
     "voicevault_kube_requests_total",
     "Kubernetes API requests by verb and resource.",

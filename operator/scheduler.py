@@ -330,6 +330,7 @@ class Scheduler(Part):
             active.items = await self._next_batch(active)
             active.chunk += 1
             if active.items:
+                metrics.RECORDINGS_HANDED.inc(len(active.items))
                 log.info(
                     "more work for a running uploader pod",
                     extra={"pod": active.name, "node": active.node, "items": len(active.items)},

@@ -16,6 +16,7 @@ from tests.support.kube import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.s3, pytest.mark.slow]
 PODS_CREATED = "voicevault_uploader_pods_created_total"
+HANDED = "voicevault_uploader_recordings_handed_total"
 
 
 def test_work_queued_behind_a_running_pod_goes_to_that_pod(
@@ -26,7 +27,8 @@ def test_work_queued_behind_a_running_pod_goes_to_that_pod(
     # the first upload's answer is held until the rest has queued behind its pod
     hold = Rule(action=Delay(120.0, release=release), method="PUT", times=1)
     proxy.add_rule(hold)
-    pods_before = metric(live_stack.operator.metrics(), PODS_CREATED)
+    before = live_stack.operator.metrics()
+    pods_before, handed_before = metric(before, PODS_CREATED), metric(before, HANDED)
     try:
         live_stack.record(account, "first", os.urandom(3000))
         wait_for(lambda: hold.matched >= 1, timeout=60, what="the first upload to be under way")
@@ -50,7 +52,9 @@ def test_work_queued_behind_a_running_pod_goes_to_that_pod(
     carried_by = {status["upload"]["pod"] for status in done.values()}
     assert len(carried_by) == 1, carried_by
     assert all(status["attempts"] == 1 for status in done.values())
-    assert metric(live_stack.operator.metrics(), PODS_CREATED) - pods_before == 1
+    after = live_stack.operator.metrics()
+    assert metric(after, PODS_CREATED) - pods_before == 1
+    assert metric(after, HANDED) - handed_before == len(later)
 
 
 def test_work_queued_after_a_key_rotation_is_not_handed_to_the_pod_with_the_old_key(
