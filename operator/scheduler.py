@@ -83,8 +83,7 @@ class Scheduler(Part):
         self._stopping = False
         self._finishing: set[str] = set()
         self.desk: HandoffDesk | None = None  # where pods ask for more work, if they may
-        # uploads taken for a pod whose results are not in: uid -> the version taken
-        self._claimed: dict[str, str] = {}
+        self._claimed: set[str] = set()  # uids of uploads taken whose results are not in
 
     # -- what the recording controller asks -------------------------------------------------
 
@@ -342,13 +341,20 @@ class Scheduler(Part):
                 chunk=active.chunk,
             )
 
-    async def _record(self, active: ActivePod, outcome: BatchOutcome) -> None:
-        """A batch's results, as `_finish` would record them when the pod ends."""
-        metrics.PARTS_RESENT.inc(outcome.parts_resent)
-        results = outcome.results
+    async def _record(
+        self,
+        active: ActivePod,
+        outcome: BatchOutcome | None,
+        why: str | None = None,
+        pod: dict[str, Any] | None = None,
+    ) -> None:
+        """The results of the pod's latest batch (none: `why` it has none) turned into each
+        recording's next status: when the pod asks for more, and when it ends."""
+        results = outcome.results if outcome else []
+        metrics.PARTS_RESENT.inc(outcome.parts_resent if outcome else 0)
         await asyncio.gather(
             *(
-                self._apply(entry, active, results[i] if i < len(results) else None, None, None)
+                self._apply(entry, active, results[i] if i < len(results) else None, why, pod)
                 for i, entry in enumerate(active.items)
             )
         )
@@ -416,9 +422,7 @@ class Scheduler(Part):
         """Due work of `node`, claimed from now on: a view of it without a phase that comes
         in while it is being marked Scheduled, or later, is not queued a second time."""
         taken = self.queues.take(node, now, self._batch_size)
-        for entry in taken:
-            if entry.action == "upload":
-                self._claimed[entry.uid] = entry.resource_version
+        self._claimed.update(entry.uid for entry in taken if entry.action == "upload")
         return taken
 
     def _requeue(self, entry: QueueEntry) -> None:
@@ -426,8 +430,7 @@ class Scheduler(Part):
         self.queues.put(entry)
 
     def _release_claims(self, entries: list[QueueEntry]) -> None:
-        for entry in entries:
-            self._claimed.pop(entry.uid, None)
+        self._claimed.difference_update(entry.uid for entry in entries)
 
     async def _items_from_secret(self, name: str) -> list[QueueEntry] | None:
         found = await self.kube.secret_data(self.config.pods.namespace, name)
@@ -551,15 +554,7 @@ class Scheduler(Part):
             if active.chunk is not None:
                 self._unreceived(active)
             return why
-        results = outcome.results if outcome else []
-        metrics.PARTS_RESENT.inc(outcome.parts_resent if outcome else 0)
-        await asyncio.gather(
-            *(
-                self._apply(entry, active, results[i] if i < len(results) else None, why, pod)
-                for i, entry in enumerate(active.items)
-            )
-        )
-        self._release_claims(active.items)
+        await self._record(active, outcome, why, pod)
         return why
 
     async def _apply(
@@ -641,8 +636,7 @@ class Scheduler(Part):
             await self._transient_now(entry, f"node {node} does not exist", purge_ok=True)
 
     async def _fail_all(self, active: ActivePod, message: str) -> None:
-        await asyncio.gather(*(self._apply(e, active, None, message, None) for e in active.items))
-        self._release_claims(active.items)
+        await self._record(active, None, message)
 
     async def _transient_now(self, entry: QueueEntry, message: str, purge_ok: bool = False) -> None:
         """A failure before any pod ran (no node, no credential): the retry policy applies."""
