@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from voicevault.operator.flags import flag, json_of
+from voicevault.operator.flags import flag, json_of, seconds_up_to
 
 PODS = "uploader pods"
 WEBHOOK = "validating admission webhook"
@@ -17,6 +17,7 @@ def _labels(selector: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 DEFAULT_RETRY_WINDOW_SECONDS = 7200  # when a setting names none: the seed's 2 hours
+LINGER_MAX_S = 30.0  # a held request for more work is answered well inside its 45 s limit
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,19 @@ class OperatorConfig:
             "https URL of this operator's webhook port for uploader pods asking for more "
             'work ("" works it out, "off": one batch per pod)',
             group=PODS,
+        ),
+    )
+    # a pod asking for more work when its node has none is answered when work arrives
+    # within this many seconds: a held request costs far less than starting the next pod
+    linger: float = field(
+        default=2.0,
+        metadata=flag(
+            "uploader-linger",
+            "UPLOADER_LINGER",
+            "seconds a running uploader pod with nothing left waits for more work on its "
+            "node before it ends (0: it ends at once; at most 30)",
+            group=PODS,
+            parse=seconds_up_to(LINGER_MAX_S),
         ),
     )
     # a pod not running by then is given up on

@@ -55,6 +55,21 @@ def json_of(kind: type, convert: Callable[[Any], Any] = lambda v: v) -> Callable
     return parse
 
 
+def seconds_up_to(limit: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds from 0 to `limit`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text[:80]!r}") from None
+        if not 0 <= value <= limit:
+            raise argparse.ArgumentTypeError(f"must be from 0 to {limit:g} seconds")
+        return value
+
+    return parse
+
+
 def _flags(cls: type) -> list[tuple[dataclasses.Field[Any], Flag, Any]]:
     hints = typing.get_type_hints(cls)
     return [

@@ -52,6 +52,9 @@ RELAUNCH_DELAY = timedelta(seconds=5)
 KEYS_FRESH = timedelta(seconds=10)  # a running pod's keys, trusted for its next batch
 NEVER = datetime.min.replace(tzinfo=UTC)
 API_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # reading a recording after its pod ended
+# after the first recording that arrives for a waiting pod, the rest arriving with it are
+# gathered this long, so a trickle is handed in batches rather than one at a time
+GATHER_S = 0.25
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Scheduler(Part):
         self._finishing: set[str] = set()
         self.desk: HandoffDesk | None = None  # where pods ask for more work, if they may
         self._claimed: set[str] = set()  # uids of uploads taken whose results are not in
+        self._arrivals: dict[str, asyncio.Event] = {}  # by node: set when work is queued there
+        self._checked_at = float("-inf")  # loop time of the last pod listing
 
     # -- what the recording controller asks -------------------------------------------------
 
@@ -97,6 +102,9 @@ class Scheduler(Part):
         there, and a stale entry is dropped when marking it Scheduled fails (409)."""
         self.queues.put(entry)
         self._wake.set()
+        arrival = self._arrivals.get(entry.node)
+        if arrival is not None:
+            arrival.set()
 
     def unqueue(self, uid: str) -> None:
         self.queues.remove(uid)
@@ -167,6 +175,8 @@ class Scheduler(Part):
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        for arrival in self._arrivals.values():
+            arrival.set()  # a pod waiting for work is answered now
 
     async def _sleep(self) -> None:
         timeout = self.config.poll_interval if self.active else 30.0
@@ -178,7 +188,11 @@ class Scheduler(Part):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
     async def _tick(self) -> None:
-        if self.active:
+        # pods are listed once a poll interval, not on every wake-up: in a burst, each
+        # queued recording wakes the loop, and a listing each time was most of its reads
+        loop_now = asyncio.get_running_loop().time()
+        if self.active and loop_now - self._checked_at >= self.config.poll_interval:
+            self._checked_at = loop_now
             await self._check_pods()
         now = self.clock()
         launches: list[Awaitable[None]] = []
@@ -326,7 +340,7 @@ class Scheduler(Part):
             if active.name in self._finishing:
                 raise RefusalError(HTTPStatus.CONFLICT, "the pod has ended")
             await self._record(active, request.outcome)
-            active.items = await self._next_batch(active)
+            active.items = await self._next_or_wait(active)
             active.chunk += 1
             if active.items:
                 metrics.RECORDINGS_HANDED.inc(len(active.items))
@@ -360,14 +374,34 @@ class Scheduler(Part):
         )
         self._release_claims(active.items)
 
+    async def _next_or_wait(self, active: ActivePod) -> list[QueueEntry]:
+        """The next batch; when the node has no work at all, what arrives within the
+        configured linger (with what follows it within `GATHER_S`), or none."""
+        arrival = self._arrivals.setdefault(active.node, asyncio.Event())
+        arrival.clear()  # single-threaded: whatever is queued from here on sets it
+        try:
+            items = await self._next_batch(active)
+            if items or self._stopping or active.node in self.queues.due_nodes(self.clock()):
+                return items  # work, or work this pod may not take: a new pod takes that
+            if self.config.linger <= 0 or not self._may_take_more(active):
+                return []
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrival.wait(), self.config.linger)
+            if not arrival.is_set() or self._stopping:
+                return []
+            await asyncio.sleep(GATHER_S)
+            return await self._next_batch(active)
+        finally:
+            if self._arrivals.get(active.node) is arrival:
+                del self._arrivals[active.node]
+
     async def _next_batch(self, active: ActivePod) -> list[QueueEntry]:
         """The node's due work the pod can take, marked Scheduled for it. Work under a
         credential the pod was not given (or whose keys changed) waits for the next pod,
         and so does everything once the pod is half way to its deadline."""
-        now = self.clock()
-        age = (now - active.started).total_seconds()
-        if self._stopping or age > self.config.pods.active_deadline_seconds / 2:
+        if not self._may_take_more(active):
             return []
+        now = self.clock()
         # the pod's keys, read at most KEYS_FRESH ago and no Secret changed since, are not
         # read again for every small batch it asks for: it uses them for all its work
         seen = self.store.secret_changes
@@ -385,6 +419,10 @@ class Scheduler(Part):
                 self._requeue(entry)
         marked = await asyncio.gather(*(self._mark_scheduled(e, active.name) for e in fits))
         return [e for e, ok in zip(fits, marked, strict=True) if ok]
+
+    def _may_take_more(self, active: ActivePod) -> bool:
+        age = (self.clock() - active.started).total_seconds()
+        return not self._stopping and age <= self.config.pods.active_deadline_seconds / 2
 
     def _unreceived(self, active: ActivePod) -> None:
         """The pod ended before it got its latest batch: that work waits for the next pod,

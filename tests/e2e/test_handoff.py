@@ -11,6 +11,7 @@ import pytest
 
 from tests.bed.faultproxy import Delay, FaultProxy, Rule
 from tests.bed.stack import Stack
+from tests.bed.stack_fixtures import running
 from tests.support.invariants import metric
 from tests.support.kube import wait_for
 
@@ -92,3 +93,31 @@ def test_work_queued_after_a_key_rotation_is_not_handed_to_the_pod_with_the_old_
     assert after["phase"] == "Completed", after
     assert after["upload"]["pod"] != first["upload"]["pod"]
     assert after["attempts"] == 1
+
+
+def test_a_pod_with_nothing_left_waits_for_the_next_recording_of_its_node(
+    live_stack: Stack,
+) -> None:
+    """Its request for more is held while the node has no work: a recording that comes
+    within the linger goes to the running pod instead of a new one. The linger is long
+    here so that the second create surely lands inside it."""
+    extra = list(live_stack.operator.extra_args)
+    live_stack.operator.kill()
+    live_stack.operator.extra_args = [*extra, "--uploader-linger=30"]
+    try:
+        running(live_stack)
+        account = live_stack.add_account()
+        pods_before = metric(live_stack.operator.metrics(), PODS_CREATED)
+        live_stack.record(account, "first", os.urandom(3000))
+        first = live_stack.wait_phase(account.namespace, "first", "Completed", timeout=90)
+        live_stack.record(account, "second", os.urandom(3000))
+        second = live_stack.wait_phase(account.namespace, "second", "Completed", timeout=90)
+        assert second["status"]["upload"]["pod"] == first["status"]["upload"]["pod"]
+        assert second["status"]["attempts"] == 1
+        after = live_stack.operator.metrics()
+        assert metric(after, PODS_CREATED) - pods_before == 1
+        assert metric(after, HANDED) >= 1
+    finally:
+        live_stack.operator.kill()
+        live_stack.operator.extra_args = extra
+        running(live_stack)

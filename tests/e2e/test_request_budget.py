@@ -9,6 +9,7 @@ left out: the resync and this test's own waits.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,8 @@ POD_SHARE = 18
 POD_EVENTS = 2  # the operator's Uploading Event, and the kubelet's
 UNCOUNTED = ("leases", "namespaces", "awscredentials", "voicestoragesettings")
 CREATE = ("POST", "recordings")
+LISTS = "voicevault_kube_requests_total"
+POLL_INTERVAL = 0.3  # the bed's operator flag
 
 
 def test_a_recording_costs_its_writes_and_one_event_and_no_reads(quiet_stack: Stack) -> None:
@@ -67,6 +70,8 @@ def test_a_recording_costs_its_writes_and_one_event_and_no_reads(quiet_stack: St
         what="the account's Events posted",
     )
     before = apiserver_request_counts(stack.cp)
+    lists_before = metric(stack.operator.metrics(), LISTS, verb="list", resource="pods")
+    started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         list(
             pool.map(
@@ -95,6 +100,9 @@ def test_a_recording_costs_its_writes_and_one_event_and_no_reads(quiet_stack: St
         ),
         what="the uploader pods gone and no Event waiting",
     )
+    # the scheduler lists its pods once a poll interval, not each time work is queued
+    lists = metric(stack.operator.metrics(), LISTS, verb="list", resource="pods") - lists_before
+    assert lists <= (time.monotonic() - started) / POLL_INTERVAL + 2, lists
     normal = Counter(
         e.reason
         for e in stack.events(account.namespace)

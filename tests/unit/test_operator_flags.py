@@ -34,7 +34,7 @@ def test_every_flagged_field_has_its_flag(
         for field in dataclasses.fields(cls)
         if "flag" in field.metadata
     ]
-    assert len(flagged) == 36
+    assert len(flagged) == 37
     for spec in flagged:
         assert f"--{spec.name}" in help_text
     assert "--callback-attempts" in help_text and "--callback-timeout" in help_text
@@ -71,3 +71,15 @@ def test_uploader_settings_json_values_and_the_pod_namespace(
     assert (config.pods.run_as_user, config.batch_size, config.pods.log_level) == (7, 3, "debug")
     with pytest.raises(argparse.ArgumentError, match="must be a JSON dict"):
         _parse("--uploader-node-selector=[1]")
+
+
+def test_the_uploader_linger_by_flag_by_environment_and_its_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert OperatorConfig().linger == 2.0
+    assert config_from(_parse("--uploader-linger=0")).linger == 0.0
+    monkeypatch.setenv("VOICEVAULT_UPLOADER_LINGER", "12.5")
+    assert config_from(_parse()).linger == 12.5
+    for bad in ("31", "-1", "soon"):
+        with pytest.raises(argparse.ArgumentError, match="uploader-linger"):
+            _parse(f"--uploader-linger={bad}")
