@@ -150,8 +150,8 @@ def run(
                 return with_children(current)() + times.children_user + times.children_system
 
             roles = {
-                "kube-apiserver": own(plane._apiserver.pid),  # type: ignore[union-attr]
-                "etcd": own(plane._etcd.pid),  # type: ignore[union-attr]
+                "kube-apiserver": own(plane.apiserver_pid),
+                "etcd": own(plane.etcd_pid),
                 "S3 server (moto)": moto_cpu,
                 "operator": operator_cpu,
                 "kubelet stand-in": own(kubelet.pid),

@@ -161,10 +161,24 @@ class ControlPlane:
 
     # --- clients ---------------------------------------------------------------------
 
+    @property
+    def apiserver_pid(self) -> int:
+        assert self._apiserver is not None, "not started"
+        return self._apiserver.pid
+
+    @property
+    def etcd_pid(self) -> int:
+        assert self._etcd is not None, "not started"
+        return self._etcd.pid
+
+    def admin_context(self) -> ssl.SSLContext:
+        """TLS to the apiserver as the admin (client certificate), for raw HTTP clients."""
+        return self._ssl_context(self._admin)
+
     def metrics(self) -> str:
         """The apiserver's own /metrics, read as the admin."""
         url = f"{self.server}/metrics"
-        with urllib.request.urlopen(url, context=self._ssl_context(self._admin), timeout=30) as r:  # noqa: S310
+        with urllib.request.urlopen(url, context=self.admin_context(), timeout=30) as r:  # noqa: S310
             return str(r.read().decode())
 
     def _ssl_context(self, client: certs.CertPair) -> ssl.SSLContext:
