@@ -381,7 +381,7 @@ class Scheduler(Part):
         arrival.clear()  # single-threaded: whatever is queued from here on sets it
         try:
             items = await self._next_batch(active)
-            if items or self._stopping or active.node in self.queues.due_nodes(self.clock()):
+            if items or active.node in self.queues.due_nodes(self.clock()):
                 return items  # work, or work this pod may not take: a new pod takes that
             if self.config.linger <= 0 or not self._may_take_more(active):
                 return []

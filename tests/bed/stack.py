@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 SYSTEM_NAMESPACE = "voicevault-system"
 RELEASE = "voicevault"
 HOST_PATH = "/var/lib/voicevault/recordings"
+POLL_INTERVAL_S = 0.3  # the bed operator's --poll-interval
 OPERATOR_USER = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{RELEASE}-operator"
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 
@@ -120,7 +121,7 @@ class OperatorProcess:
             "--recordings-host-path",
             HOST_PATH,
             "--poll-interval",
-            "0.3",
+            str(POLL_INTERVAL_S),
             "--pod-start-timeout",
             "20",
             "--progress-interval",

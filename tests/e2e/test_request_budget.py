@@ -18,7 +18,7 @@ import pytest
 
 from bench import apimetrics
 from tests.bed.s3_moto import MotoS3
-from tests.bed.stack import SYSTEM_NAMESPACE, Stack
+from tests.bed.stack import POLL_INTERVAL_S, SYSTEM_NAMESPACE, Stack
 from tests.bed.stack_fixtures import own_stack
 from tests.support.invariants import metric
 from tests.support.kube import apiserver_request_counts, wait_for
@@ -58,7 +58,6 @@ POD_EVENTS = 2  # the operator's Uploading Event, and the kubelet's
 UNCOUNTED = ("leases", "namespaces", "awscredentials", "voicestoragesettings")
 CREATE = ("POST", "recordings")
 LISTS = "voicevault_kube_requests_total"
-POLL_INTERVAL = 0.3  # the bed's operator flag
 
 
 def test_a_recording_costs_its_writes_and_one_event_and_no_reads(quiet_stack: Stack) -> None:
@@ -102,7 +101,7 @@ def test_a_recording_costs_its_writes_and_one_event_and_no_reads(quiet_stack: St
     )
     # the scheduler lists its pods once a poll interval, not each time work is queued
     lists = metric(stack.operator.metrics(), LISTS, verb="list", resource="pods") - lists_before
-    assert lists <= (time.monotonic() - started) / POLL_INTERVAL + 2, lists
+    assert lists <= (time.monotonic() - started) / POLL_INTERVAL_S + 2, lists
     normal = Counter(
         e.reason
         for e in stack.events(account.namespace)
