@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,12 +25,56 @@ class ServerStartError(RuntimeError):
     """A server exited or was not ready in time; the message carries its log tail."""
 
 
+# Servers of the bed listen on ports from here, below the kernel's ephemeral range (and
+# below the NodePort range): a port taken from that range (bind to 0) is free only until
+# some client's outgoing connection is given it as its local port, and a server restarted
+# on its old port (an operator after a kill) then failed with "address already in use".
+PORT_POOL = range(20000, 30000)
+_handed: set[int] = set()
+_handing = threading.Lock()
+
+
+def _worker_slice(pool: range) -> range:
+    """This pytest-xdist worker's share of `pool`, so two workers never pick alike."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    size = len(pool) // max(count, 1)
+    start = pool.start + (index % max(count, 1)) * size
+    return range(start, start + size)
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A currently unused port on ``host`` (bind to port 0 and read it back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """An unused port on ``host`` that no outgoing connection can be given meanwhile: from
+    `PORT_POOL` (this worker's share of it, never the same twice in one process), checked
+    by binding it. Falls back to the kernel's choice when the pool overlaps its range."""
+    if _ephemeral_start() < PORT_POOL.stop:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+            return port
+    share = _worker_slice(PORT_POOL)
+    offset = random.randrange(len(share))  # spreads processes over the share; not a secret
+    with _handing:
+        for i in range(len(share)):
+            candidate = share[(offset + i) % len(share)]
+            if candidate in _handed:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, candidate))
+                except OSError:
+                    continue
+            _handed.add(candidate)
+            return candidate
+    raise RuntimeError(f"no free port left in {share}")
 
 
 def wait_until(
