@@ -10,6 +10,7 @@ stops it at the next part boundary; what was not finished resumes later.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -34,9 +35,9 @@ from voicevault.contract import (
     MoreRequest,
 )
 from voicevault.uploader import kubeapi
-from voicevault.uploader.batch import BatchSettings, run_batch
+from voicevault.uploader.batch import BatchSettings, run_batch, worker_pool
 from voicevault.uploader.bucketurl import parse_bucket_url
-from voicevault.uploader.handoff import HandoffError, ask_for_more
+from voicevault.uploader.handoff import HandoffClient, HandoffError
 from voicevault.uploader.recordingstatus import KubeStatusReporter
 from voicevault.uploader.s3client import AwsKeys, make_client
 from voicevault.uploader.transfer import TransferConfig
@@ -90,28 +91,34 @@ def run(args: argparse.Namespace) -> int:
     clients = _ClientCache(credentials)
     summary: Counter[str] = Counter()
     resent = 0
-    while True:
-        log.info(
-            "batch started",
-            extra={
-                "pod": spec.pod,
-                "node": spec.node,
-                "items": len(spec.items),
-                "chunk": spec.chunk,
-            },
-        )
-        outcome = dataclasses.replace(
-            run_batch(spec, settings, reporter, clients.get, cancel), chunk=spec.chunk
-        )
-        summary.update(r.kind if r else "not-started" for r in outcome.results)
-        resent += outcome.parts_resent
-        following = _next_batch(handoff, spec, outcome, credentials, cancel)
-        if following is None:
-            break
-        if not following.items:  # the results are with the operator: none to report
-            outcome = BatchOutcome(chunk=following.chunk)
-            break
-        spec = following
+    asker = _handoff_client(handoff)
+    # one set of threads (their API connections with them) and one connection to the
+    # operator serve all the pod's batches
+    with worker_pool(settings) as pool, contextlib.ExitStack() as closing:
+        if asker is not None:
+            closing.callback(asker.close)
+        while True:
+            log.info(
+                "batch started",
+                extra={
+                    "pod": spec.pod,
+                    "node": spec.node,
+                    "items": len(spec.items),
+                    "chunk": spec.chunk,
+                },
+            )
+            outcome = dataclasses.replace(
+                run_batch(spec, settings, reporter, clients.get, cancel, pool), chunk=spec.chunk
+            )
+            summary.update(r.kind if r else "not-started" for r in outcome.results)
+            resent += outcome.parts_resent
+            following = _next_batch(asker, spec, outcome, credentials, cancel)
+            if following is None:
+                break
+            if not following.items:  # the results are with the operator: none to report
+                outcome = BatchOutcome(chunk=following.chunk)
+                break
+            spec = following
     _write_termination_message(args.termination_log, outcome)
     log.info(
         "batch done: %s; %d parts re-sent after checksum mismatches",
@@ -127,19 +134,29 @@ def run(args: argparse.Namespace) -> int:
     return 143 if cancel.is_set() else 0
 
 
+def _handoff_client(handoff: HandoffFile | None) -> HandoffClient | None:
+    if handoff is None:
+        return None
+    try:
+        return HandoffClient(handoff)
+    except HandoffError as exc:
+        log.info("this pod will not ask for more work: %s", exc)
+        return None
+
+
 def _next_batch(
-    handoff: HandoffFile | None,
+    asker: HandoffClient | None,
     spec: BatchSpec,
     outcome: BatchOutcome,
     credentials: dict[str, AwsKeys],
     cancel: threading.Event,
 ) -> BatchSpec | None:
     """The operator's next batch for this pod, or None: end with this batch's results."""
-    if handoff is None or cancel.is_set() or None in outcome.results:
+    if asker is None or cancel.is_set() or None in outcome.results:
         return None
     request = MoreRequest(pod=spec.pod, chunk=spec.chunk, outcome=outcome)
     try:
-        following = ask_for_more(handoff, request)
+        following = asker.ask(request)
     except HandoffError as exc:
         log.info("no more work from the operator: %s", exc)
         return None

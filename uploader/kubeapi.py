@@ -31,6 +31,15 @@ from urllib.parse import quote, urlsplit
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MERGE_PATCH = "application/merge-patch+json"
+# how a kept-alive connection the server had closed (idle) fails the next request: sent
+# again once on a fresh connection
+STALE_CONNECTION = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
 
 
 class KubeConfigError(Exception):
@@ -197,7 +206,7 @@ class KubeApi:
                 connection.request(method, path, payload, headers)
                 response = connection.getresponse()
                 data = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+            except STALE_CONNECTION as e:
                 connection.close()
                 self._local.connection = None
                 if reused and attempt == 1:

@@ -1,10 +1,12 @@
 """A running pod's request for more work, over real HTTPS on loopback (#19): the uploader's
-client against the operator's server, the certificate pinned, the token required."""
+client against the operator's server, the certificate pinned, the token required, one
+kept connection for batch after batch."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
+import select
 import ssl
 import threading
 from collections.abc import Iterator
@@ -16,10 +18,10 @@ import pytest
 
 from tests.support.samples import batch_item
 from voicevault.contract import BatchOutcome, BatchSpec, HandoffFile, ItemResult, MoreRequest
-from voicevault.operator import webhookcert
+from voicevault.operator import webhook, webhookcert
 from voicevault.operator.handoff import HandoffDesk, RefusalError
 from voicevault.operator.webhook import AdmissionServer, ReloadingContext
-from voicevault.uploader.handoff import HandoffError, ask_for_more
+from voicevault.uploader.handoff import HandoffClient, HandoffError
 
 TOKEN = "pod-token-SECRET"
 
@@ -31,6 +33,7 @@ class Operator:
     loop: asyncio.AbstractEventLoop
     asked: list[tuple[MoreRequest, str]] = field(default_factory=list)
     refuse: RefusalError | None = None
+    accepted: int = 0  # TCP connections the server took
 
     async def more_work(self, request: MoreRequest, token: str) -> BatchSpec:
         self.asked.append((request, token))
@@ -60,6 +63,13 @@ def operator() -> Iterator[Operator]:
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     serving.start()
     op = Operator(server, desk, loop)
+    accept = server.get_request
+
+    def counted() -> tuple[object, object]:
+        op.accepted += 1
+        return accept()
+
+    server.get_request = counted  # type: ignore[method-assign]
     desk.attach(loop, op.more_work)
     yield op
     server.shutdown()
@@ -67,6 +77,14 @@ def operator() -> Iterator[Operator]:
     loop.call_soon_threadsafe(loop.stop)
     looping.join(5)
     loop.close()
+
+
+def ask_for_more(handoff: HandoffFile, request: MoreRequest) -> BatchSpec:
+    client = HandoffClient(handoff)
+    try:
+        return client.ask(request)
+    finally:
+        client.close()
 
 
 def _request(chunk: int = 0) -> MoreRequest:
@@ -124,3 +142,32 @@ def test_an_unreachable_operator_is_a_plain_reason(operator: Operator) -> None:
     operator.server.server_close()
     with pytest.raises(HandoffError, match="cannot reach the operator"):
         ask_for_more(handoff, _request())
+
+
+def test_batch_after_batch_goes_over_one_connection(operator: Operator) -> None:
+    client = HandoffClient(operator.handoff())
+    try:
+        chunks = [client.ask(_request(chunk)).chunk for chunk in range(5)]
+    finally:
+        client.close()
+    assert chunks == [1, 2, 3, 4, 5]
+    assert [r.chunk for r, _ in operator.asked] == [0, 1, 2, 3, 4]
+    assert client.connections == 1 and operator.accepted == 1
+
+
+def test_a_connection_the_operator_dropped_is_replaced_and_checked_again(
+    operator: Operator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook._Handler, "timeout", 0.2)  # the server drops idle ones soon
+    client = HandoffClient(operator.handoff())
+    try:
+        client.ask(_request(0))
+        kept = client._conn
+        assert kept is not None and kept.sock is not None
+        readable, _, _ = select.select([kept.sock], [], [], 10)  # the server's close arrives
+        assert readable
+        assert client.ask(_request(1)).chunk == 2
+    finally:
+        client.close()
+    assert [r.chunk for r, _ in operator.asked] == [0, 1]  # each request read once
+    assert client.connections == 2 and operator.accepted == 2
