@@ -270,6 +270,7 @@ def batch_items(entries: list[QueueEntry], refs: dict[CredentialRef, str]) -> li
             metadata=e.metadata,
             resource_version=e.resource_version if e.scheduled_status else "",
             status=e.scheduled_status,
+            claim=e.claim or {},
         )
         for e in entries
     ]

@@ -33,11 +33,27 @@ class QueueEntry:
     # no status of its own yet: the Scheduled write carries the accepted fields as well
     unwritten: bool = False
     scheduled_status: dict[str, Any] = field(default_factory=dict)  # `phases.pod_base` of it
+    queued_status: dict[str, Any] = field(default_factory=dict)  # `pod_base` of the view queued
+    # handed to a running pod with its Scheduled fields unwritten: the pod's first write
+    # carries them (None: written, or not handed out)
+    claim: dict[str, Any] | None = None
 
     def scheduled_as(self, written: dict[str, Any]) -> None:
         """The Scheduled write's answer: the batch tells the pod what its writes build on."""
         self.resource_version = str(written["metadata"]["resourceVersion"])
         self.scheduled_status = pod_base(written.get("status") or {})
+
+    def claimed_unwritten(self, claim: dict[str, Any]) -> None:
+        """Handed out without the Scheduled write: the pod builds on the queued view with
+        the claim applied, and its first write, guarded by the queued resourceVersion,
+        carries the claim."""
+        self.claim = claim
+        self.scheduled_status = pod_base(self.queued_status | claim)
+
+    def unclaimed(self) -> None:
+        """Its unwritten claim is void (the pod never got or never touched it)."""
+        self.claim = None
+        self.scheduled_status = {}
 
     @property
     def ref(self) -> str:

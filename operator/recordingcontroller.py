@@ -220,6 +220,7 @@ class RecordingController(Part):
                 metadata=metadata_target(rec.spec, rec.sid, snapshot),
                 generation=rec.generation,
                 unwritten=unwritten,
+                queued_status=phases.pod_base(rec.status),
             )
         )
 

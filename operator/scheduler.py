@@ -8,9 +8,15 @@ crashes, is evicted, never starts or vanishes becomes a transient failure of the
 recordings it had not finished: never a silent loss.
 
 A running pod done with its batch asks for more (`more_work`, through `handoff`): it
-gets its node's due work as its next batch, marked Scheduled the same way, until the
-queue is empty. Each batch is numbered (`chunk`); a batch handed out but never received
-(the answer was lost) is queued again when the pod ends, not counted as an attempt.
+gets its node's due work as its next batch until the queue is empty. Those recordings
+are not marked Scheduled first: each item carries its claim, and the pod's first write
+(guarded by the resourceVersion it was queued with) writes claim and progress or outcome
+together, one write per recording instead of two. The claim is still exclusive: one pod
+per node, and an entry is never handed out twice while a pod holds it. Whoever writes
+after the pod (the operator, when the pod ends without writing) applies the claim first
+if the recording is still as queued (`phases.claim_open`). Each batch is numbered
+(`chunk`); a batch handed out but never received (the answer was lost) is queued again
+when the pod ends, not counted as an attempt.
 """
 
 from __future__ import annotations
@@ -417,8 +423,14 @@ class Scheduler(Part):
                 fits.append(entry)
             else:  # a new pod takes it, with its credential
                 self._requeue(entry)
-        marked = await asyncio.gather(*(self._mark_scheduled(e, active.name) for e in fits))
-        return [e for e, ok in zip(fits, marked, strict=True) if ok]
+        purges = [e for e in fits if e.action == "purge"]
+        marked = await asyncio.gather(*(self._mark_scheduled(e, active.name) for e in purges))
+        for entry in fits:
+            if entry.action == "upload":  # its claim rides on the pod's first write
+                claim = phases.scheduled("upload", entry.attempts, active.name, _first(entry))
+                entry.claimed_unwritten(claim.status)
+        dropped = {id(e) for e, ok in zip(purges, marked, strict=True) if not ok}
+        return [e for e in fits if id(e) not in dropped]
 
     def _may_take_more(self, active: ActivePod) -> bool:
         age = (self.clock() - active.started).total_seconds()
@@ -429,7 +441,10 @@ class Scheduler(Part):
         claimed by this one until then, with no attempt counted."""
         now = self.clock()
         for entry in active.items:
-            entry.due, entry.unwritten = now, False
+            if entry.claim is None:  # its Scheduled write carried the accepted fields
+                entry.unwritten = False
+            entry.unclaimed()
+            entry.due = now
             self._requeue(entry)
         if active.items:
             log.info(
@@ -459,7 +474,14 @@ class Scheduler(Part):
     def _take(self, node: str, now: datetime) -> list[QueueEntry]:
         """Due work of `node`, claimed from now on: a view of it without a phase that comes
         in while it is being marked Scheduled, or later, is not queued a second time."""
-        taken = self.queues.take(node, now, self._batch_size)
+        taken = []
+        for entry in self.queues.take(node, now, self._batch_size):
+            if entry.action == "upload" and entry.uid in self._claimed:
+                # queued again while a pod holds it: it waits until the pod's results are in
+                entry.due = now + RELAUNCH_DELAY
+                self.queues.put(entry)
+                continue
+            taken.append(entry)
         self._claimed.update(entry.uid for entry in taken if entry.action == "upload")
         return taken
 
@@ -615,7 +637,21 @@ class Scheduler(Part):
         if body is None:
             return
         rec = RecordingView.from_body(body)
-        if rec.uid != entry.uid or rec.pod != active.name:
+        claim = entry.claim if rec.pod != active.name else None
+        if rec.uid != entry.uid:
+            return
+        if claim is not None:  # the pod never wrote it: its claim first, if still open
+            if not phases.claim_open(rec.status, claim):
+                self.held(entry)  # changed meanwhile: the controller reads it again
+                return
+            untried = result.kind == "skipped" if result is not None else why is None
+            if untried:
+                entry.unclaimed()  # not attempted: as it was queued, nothing to write
+                entry.due = self.clock()
+                self._requeue(entry)
+                return
+            rec = dataclasses.replace(rec, status=rec.status | claim)
+        elif rec.pod != active.name:
             return
         if entry.action == "purge":
             await self._after_purge(rec, entry, result)
@@ -624,7 +660,7 @@ class Scheduler(Part):
         if transition is None:
             return
         written = await self.kube.try_patch_status(
-            PLURAL, rec.namespace, rec.name, transition.status, rec.resource_version
+            PLURAL, rec.namespace, rec.name, (claim or {}) | transition.status, rec.resource_version
         )
         if written is not None and transition.event is not None:
             await self.events.post(body, transition.event)

@@ -11,6 +11,11 @@ nothing. A write whose answer was lost is sent again and meets a 409; the read t
 shows the outcome already there, and the phase functions return None: nothing is
 written twice.
 
+A batch handed to a running pod is not marked Scheduled: its items carry their claim,
+and the first write of each carries the claim with it. On a 409 before the claim is
+written, the recording is still the pod's if nobody claimed or settled it since
+(`phases.claim_open`); the write is then built again on what was read, claim included.
+
 Before an outcome write the pod posts its Stored or Failed Event, under the name the
 operator's settlement would give it, so a retry or a crash never posts a second one.
 """
@@ -105,6 +110,7 @@ class _Known:
 
     resource_version: str
     status: dict[str, Any]
+    claim: dict[str, Any] | None = None  # still to be written with the next write
 
 
 class KubeStatusReporter:
@@ -184,6 +190,8 @@ class KubeStatusReporter:
             return True
         if outcome:
             self._post_outcome_event(item, known, patch)
+        if known.claim:
+            patch = known.claim | patch  # the in-pod patches keep the claim's `upload.pod`
         self.requests += 1
         written = self.api.merge_patch(
             self._path(item),
@@ -198,17 +206,25 @@ class KubeStatusReporter:
             known = self._known.get(item.uid)
             spent = item.uid in self._spent
         if known is None and item.resource_version and not spent:
-            known = _Known(item.resource_version, dict(item.status))
+            known = _Known(item.resource_version, dict(item.status), item.claim or None)
         if known is not None:
             return known
         self.requests += 1
         current = self.api.get(self._path(item))
         meta = current.get("metadata") or {}
         status = current.get("status") or {}
-        if meta.get("uid") != item.uid or (status.get("upload") or {}).get("pod") != self.pod:
-            log.info("recording is no longer this pod's to report", extra=_ctx(item))
-            return None
-        return self._remember(item, current)
+        if meta.get("uid") == item.uid:
+            if (status.get("upload") or {}).get("pod") == self.pod:
+                return self._remember(item, current)
+            if item.claim and phases.claim_open(status, item.claim):
+                known = _Known(
+                    str(meta.get("resourceVersion", "")), status | item.claim, item.claim
+                )
+                with self._lock:
+                    self._known[item.uid] = known
+                return known
+        log.info("recording is no longer this pod's to report", extra=_ctx(item))
+        return None
 
     def _remember(self, item: BatchItem, body: dict[str, Any]) -> _Known:
         known = _Known(

@@ -93,6 +93,7 @@ def read_item(data: object, where: str) -> BatchItem:
         metadata=None if metadata is None else _metadata(metadata, f"{where}.metadata"),
         resource_version=text("resource_version", ""),
         status=_get(raw, "status", where, dict, {}),
+        claim=_get(raw, "claim", where, dict, {}),
     )
 
 

@@ -69,6 +69,9 @@ class BatchItem:
     # needs no read; empty (an older operator, a batch read back): read first
     resource_version: str = ""
     status: dict[str, Any] = field(default_factory=dict)
+    # a batch handed to a running pod is not marked Scheduled: `status` then already shows
+    # the claim, and the pod's first write carries these fields with it (empty: written)
+    claim: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: object, where: str = "item") -> BatchItem:

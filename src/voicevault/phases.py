@@ -269,6 +269,15 @@ def scheduled(
     return Transition(status, None)  # the pod's own Event names its batch
 
 
+def claim_open(status: dict[str, Any], claim: dict[str, Any]) -> bool:
+    """A recording handed out with its Scheduled `claim` unwritten (it rides on the pod's
+    first write) is still as it was queued: nobody claimed or settled it since. Each claim
+    counts an attempt, so a claim made meanwhile shows in `attempts`."""
+    if status.get("phase") in (*TERMINAL, Phase.SCHEDULED.value, Phase.UPLOADING.value):
+        return False
+    return int(status.get("attempts") or 0) == int(claim.get("attempts") or 0) - 1
+
+
 # -- in the uploader pod: each returns None once the outcome is written ------------------------
 
 

@@ -8,16 +8,66 @@ import threading
 from typing import Any
 
 import pytest
+from kubernetes import watch
 
-from tests.bed.faultproxy import Delay, FaultProxy, Rule
+from tests.bed.faultproxy import Delay, FaultProxy, Respond, Rule
 from tests.bed.stack import Stack
 from tests.bed.stack_fixtures import running
 from tests.support.invariants import metric
-from tests.support.kube import wait_for
+from tests.support.kube import as_dict, wait_for
+from voicevault import API_GROUP, API_VERSION
 
 pytestmark = [pytest.mark.kube, pytest.mark.s3, pytest.mark.slow]
 PODS_CREATED = "voicevault_uploader_pods_created_total"
 HANDED = "voicevault_uploader_recordings_handed_total"
+
+
+class StatusChanges:
+    """Every version of a namespace's Recordings from now on, in order, from a watch."""
+
+    def __init__(self, stack: Stack, namespace: str) -> None:
+        self.stack, self.namespace = stack, namespace
+        self.seen: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        listed = as_dict(
+            stack.custom.list_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, "recordings"
+            )
+        )
+        self._version = listed["metadata"]["resourceVersion"]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():  # short watches, each resumed where the last ended
+                for event in watch.Watch().stream(
+                    self.stack.custom.list_namespaced_custom_object,
+                    API_GROUP,
+                    API_VERSION,
+                    self.namespace,
+                    "recordings",
+                    resource_version=self._version,
+                    timeout_seconds=1,
+                ):
+                    body = event["raw_object"]
+                    self.seen.append(body)
+                    self._version = body["metadata"]["resourceVersion"]
+        except Exception as exc:  # reported by the test: a gap would make it blind
+            self.errors.append(repr(exc))
+
+    def phases(self, name: str) -> list[tuple[str | None, int | None]]:
+        """(phase, attempts) of each status-bearing version of `name` after its create."""
+        self._stop.set()
+        self._thread.join(30)
+        assert not self.errors, self.errors
+        found = []
+        for body in self.seen:
+            status = body.get("status") or {}
+            if body["metadata"]["name"] == name and status.get("phase"):
+                found.append((status["phase"], status.get("attempts")))
+        return found
 
 
 def test_work_queued_behind_a_running_pod_goes_to_that_pod(
@@ -30,6 +80,7 @@ def test_work_queued_behind_a_running_pod_goes_to_that_pod(
     proxy.add_rule(hold)
     before = live_stack.operator.metrics()
     pods_before, handed_before = metric(before, PODS_CREATED), metric(before, HANDED)
+    changes = StatusChanges(live_stack, account.namespace)
     try:
         live_stack.record(account, "first", os.urandom(3000))
         wait_for(lambda: hold.matched >= 1, timeout=60, what="the first upload to be under way")
@@ -56,6 +107,46 @@ def test_work_queued_behind_a_running_pod_goes_to_that_pod(
     after = live_stack.operator.metrics()
     assert metric(after, PODS_CREATED) - pods_before == 1
     assert metric(after, HANDED) - handed_before == len(later)
+    # the first batch was marked Scheduled; a handed one is claimed by the pod's one write
+    assert changes.phases("first")[0] == ("Scheduled", 1)
+    for name in later:
+        assert changes.phases(name) == [("Completed", 1)], name
+
+
+def test_a_handed_recording_the_pod_could_not_store_is_claimed_by_the_retry_write(
+    live_stack: Stack, proxy: FaultProxy
+) -> None:
+    """The pod ends its attempt without a write of its own (a transient failure): the
+    operator's Retrying write carries the claim, so the attempt counts and nothing waits."""
+    account = live_stack.add_account(endpoint=proxy.url)
+    release = threading.Event()
+    hold = Rule(action=Delay(120.0, release=release), method="PUT", times=1)
+    fail = Rule(action=Respond(503, "SlowDown", "wait"), method="PUT")  # after the held one
+    proxy.add_rule(hold)
+    proxy.add_rule(fail)
+    changes = StatusChanges(live_stack, account.namespace)
+    try:
+        live_stack.record(account, "first", os.urandom(3000))
+        wait_for(lambda: hold.matched >= 1, timeout=60, what="the first upload to be under way")
+        live_stack.record(account, "later", os.urandom(3000))
+        wait_for(
+            lambda: live_stack.get(account.namespace, "recordings", "later")["metadata"].get(
+                "finalizers"
+            ),
+            timeout=30,
+            what="later queued",
+        )
+    finally:
+        release.set()
+    retrying = live_stack.wait_phase(account.namespace, "later", "Retrying", timeout=90)
+    assert retrying["status"]["attempts"] == 1
+    assert not retrying["status"].get("upload"), "no pod holds it while it waits"
+    fail.times = fail.applied  # S3 answers again
+    done = live_stack.wait_phase(account.namespace, "later", "Completed", timeout=90)
+    assert done["status"]["attempts"] == 2
+    seen = changes.phases("later")
+    assert seen[0] == ("Retrying", 1), seen
+    assert seen[-1] == ("Completed", 2), seen
 
 
 def test_work_queued_after_a_key_rotation_is_not_handed_to_the_pod_with_the_old_key(

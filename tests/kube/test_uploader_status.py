@@ -120,6 +120,24 @@ def _scheduled(kube_api: Any, namespace: str, name: str) -> BatchItem:
     )
 
 
+def _handed(kube_api: Any, namespace: str, name: str, **status: Any) -> BatchItem:
+    """A queued Recording handed to POD, a running pod, without a Scheduled write: its
+    item carries the claim, and `status` shows it applied (as `batch_items` gives it)."""
+    body = create(kube_api, PLURAL, namespace, samples.recording(name))
+    version = body["metadata"]["resourceVersion"]
+    if status:
+        version = _patch_status(kube_api, namespace, name, status)["metadata"]["resourceVersion"]
+    claim, _ = phases.scheduled("upload", int(status.get("attempts", 0)), POD)
+    return samples.batch_item(
+        namespace=namespace,
+        name=name,
+        uid=body["metadata"]["uid"],
+        resource_version=version,
+        status=phases.pod_base(status | claim),
+        claim=claim,
+    )
+
+
 def _patch_status(kube_api: Any, namespace: str, name: str, status: dict[str, Any]) -> Any:
     return k8s.CustomObjectsApi(kube_api).patch_namespaced_custom_object_status(
         API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE
@@ -201,3 +219,66 @@ def test_a_write_in_between_is_read_then_built_on_and_ownership_is_checked(
     assert not reporter.completed(item, _result(item))
     assert uploader_api.sent == [("POST", "events"), ("PATCH", "status"), ("GET", "status")]
     assert get(kube_api, PLURAL, namespace, "call-3")["status"]["phase"] == "Uploading"
+
+
+def test_a_handed_item_s_one_write_carries_its_claim_and_a_lost_answer_writes_nothing_more(
+    kube_api: Any, namespace: str, uploader_api: CountingApi
+) -> None:
+    item = _handed(kube_api, namespace, "call-4", phase="Retrying", attempts=1)
+    reporter = KubeStatusReporter(uploader_api, POD, sleep=lambda _: None)
+    uploader_api.lose_answers = 1
+    assert reporter.completed(item, _result(item))
+    # one write claimed and settled it; the read after the lost answer shows it ours, done
+    assert uploader_api.sent == [("POST", "events"), ("PATCH", "status"), ("GET", "status")]
+    written = get(kube_api, PLURAL, namespace, "call-4")
+    status = written["status"]
+    assert (status["phase"], status["attempts"], status["upload"]["pod"]) == (
+        "Completed",
+        2,
+        POD,
+    )
+    assert status["message"] != item.claim["message"], "the outcome's message, not the claim's"
+    assert reporter.completed(item, _result(item))  # once more, as a restarted pod would
+    again = get(kube_api, PLURAL, namespace, "call-4")
+    assert again["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"]
+    assert len(_outcome_events(kube_api, namespace, "call-4")) == 1
+
+
+def test_a_handed_item_met_by_an_unrelated_write_is_claimed_on_what_was_read(
+    kube_api: Any, namespace: str, uploader_api: CountingApi
+) -> None:
+    item = _handed(kube_api, namespace, "call-5")
+    _patch_status(kube_api, namespace, "call-5", {"message": "someone else wrote"})
+    reporter = KubeStatusReporter(uploader_api, POD, sleep=lambda _: None)
+    assert reporter.progress(item, 5, 10)
+    assert uploader_api.sent == [("PATCH", "status"), ("GET", "status"), ("PATCH", "status")]
+    status = get(kube_api, PLURAL, namespace, "call-5")["status"]
+    assert (status["phase"], status["attempts"], status["upload"]["pod"]) == (
+        "Uploading",
+        1,
+        POD,
+    )
+    uploader_api.sent.clear()
+    assert reporter.completed(item, _result(item))  # built on its own answer: no claim again
+    assert uploader_api.sent == [("POST", "events"), ("PATCH", "status")]
+    assert get(kube_api, PLURAL, namespace, "call-5")["status"]["attempts"] == 1
+
+
+@pytest.mark.parametrize(
+    "meanwhile",
+    [
+        pytest.param(phases.scheduled("upload", 0, "another-pod").status, id="claimed-by-another"),
+        pytest.param({"phase": "Failed", "attempts": 0}, id="settled"),
+        pytest.param({"phase": "Retrying", "attempts": 1}, id="attempted-since"),
+    ],
+)
+def test_a_handed_item_claimed_or_settled_meanwhile_is_not_written(
+    kube_api: Any, namespace: str, uploader_api: CountingApi, meanwhile: dict[str, Any]
+) -> None:
+    item = _handed(kube_api, namespace, "call-6")
+    before = _patch_status(kube_api, namespace, "call-6", meanwhile)
+    reporter = KubeStatusReporter(uploader_api, POD, sleep=lambda _: None)
+    assert not reporter.progress(item, 5, 10)
+    assert uploader_api.sent == [("PATCH", "status"), ("GET", "status")]
+    after = get(kube_api, PLURAL, namespace, "call-6")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]

@@ -127,6 +127,26 @@ def test_scheduled_counts_the_attempt_and_claims_the_recording_for_the_pod() -> 
     assert none is None  # a deleted recording's purge posts no Event
 
 
+@pytest.mark.parametrize(
+    ("status", "attempts_queued", "still_open"),
+    [
+        ({}, 0, True),  # queued at first sight, nothing written yet
+        ({"phase": "Retrying", "attempts": 1}, 1, True),
+        ({"phase": "Cached", "attempts": 1, "message": "a manual retry"}, 1, True),
+        ({"phase": "Retrying", "attempts": 2}, 1, False),  # attempted since it was handed out
+        ({"phase": "Scheduled", "attempts": 2, "upload": {"pod": "other"}}, 1, False),
+        ({"phase": "Uploading", "attempts": 2, "upload": {"pod": "other"}}, 1, False),
+        ({"phase": "Completed", "attempts": 1}, 1, False),
+        ({"phase": "Failed", "attempts": 1}, 1, False),
+    ],
+)
+def test_an_unwritten_claim_stays_open_until_someone_claims_or_settles_the_recording(
+    status: dict[str, Any], attempts_queued: int, still_open: bool
+) -> None:
+    claim, _ = phases.scheduled("upload", attempts_queued, POD)
+    assert phases.claim_open(status, claim) is still_open
+
+
 # -- in the pod ---------------------------------------------------------------------------
 
 T1, T2, T3, T4, T5, T6 = (f"2026-11-25T12:00:0{i}Z" for i in range(1, 7))
