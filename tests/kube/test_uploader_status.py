@@ -203,15 +203,24 @@ def test_a_lost_answer_is_retried_without_a_second_outcome_or_event(
     assert len(_outcome_events(kube_api, namespace, "call-2")) == 1
 
 
+def _progress_after_a_write_in_between(
+    kube_api: Any, uploader_api: CountingApi, item: BatchItem
+) -> tuple[KubeStatusReporter, dict[str, Any]]:
+    """Someone writes after the batch was made; the pod's progress write then meets a
+    409, reads, and writes again. The status it left."""
+    _patch_status(kube_api, item.namespace, item.name, {"message": "someone else wrote"})
+    reporter = KubeStatusReporter(uploader_api, POD, sleep=lambda _: None)
+    assert reporter.progress(item, 5, 10)
+    assert uploader_api.sent == [("PATCH", "status"), ("GET", "status"), ("PATCH", "status")]
+    status: dict[str, Any] = get(kube_api, PLURAL, item.namespace, item.name)["status"]
+    return reporter, status
+
+
 def test_a_write_in_between_is_read_then_built_on_and_ownership_is_checked(
     kube_api: Any, namespace: str, uploader_api: CountingApi
 ) -> None:
     item = _scheduled(kube_api, namespace, "call-3")
-    _patch_status(kube_api, namespace, "call-3", {"message": "someone else wrote"})
-    reporter = KubeStatusReporter(uploader_api, POD, sleep=lambda _: None)
-    assert reporter.progress(item, 5, 10)
-    assert uploader_api.sent == [("PATCH", "status"), ("GET", "status"), ("PATCH", "status")]
-    status = get(kube_api, PLURAL, namespace, "call-3")["status"]
+    reporter, status = _progress_after_a_write_in_between(kube_api, uploader_api, item)
     assert status["phase"] == "Uploading" and status["message"] == "someone else wrote"
     # the operator gives the attempt to another pod: this one writes nothing more
     _patch_status(kube_api, namespace, "call-3", {"upload": {"pod": "another-pod"}})
@@ -248,11 +257,7 @@ def test_a_handed_item_met_by_an_unrelated_write_is_claimed_on_what_was_read(
     kube_api: Any, namespace: str, uploader_api: CountingApi
 ) -> None:
     item = _handed(kube_api, namespace, "call-5")
-    _patch_status(kube_api, namespace, "call-5", {"message": "someone else wrote"})
-    reporter = KubeStatusReporter(uploader_api, POD, sleep=lambda _: None)
-    assert reporter.progress(item, 5, 10)
-    assert uploader_api.sent == [("PATCH", "status"), ("GET", "status"), ("PATCH", "status")]
-    status = get(kube_api, PLURAL, namespace, "call-5")["status"]
+    reporter, status = _progress_after_a_write_in_between(kube_api, uploader_api, item)
     assert (status["phase"], status["attempts"], status["upload"]["pod"]) == (
         "Uploading",
         1,
