@@ -5,6 +5,8 @@ untouched: the client still verifies the apiserver's certificate (whose SANs inc
 127.0.0.1) and authenticates with its own. What a test learns from it is what crossed the
 wire to that client alone, which the apiserver's own metrics cannot tell apart from its
 other watchers; `partition()` makes the apiserver unreachable to that client alone.
+`cut_next_answer()` loses one answer: the request reaches the upstream, its answer never
+reaches the client.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._partitioned = False
+        self._cut_armed = False
+        self.answers_cut = 0
 
     # -- test thread -----------------------------------------------------------------------
 
@@ -91,6 +95,12 @@ class TcpProxy:
     def heal(self) -> None:
         self._partitioned = False
 
+    def cut_next_answer(self) -> None:
+        """On the next connection whose client sends something from now on, the first
+        bytes the upstream sends back are dropped and both sides are reset. On a kept
+        connection that is the answer to the request sent, read by the upstream."""
+        self._cut_armed = True
+
     # -- proxy loop ------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
@@ -113,10 +123,11 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
+        sent = [False]  # the client sent something while a cut was armed
         try:
             await asyncio.gather(
-                self._pipe(reader, up_writer, downstream=False),
-                self._pipe(up_reader, writer, downstream=True),
+                self._pipe(reader, up_writer, downstream=False, sent=sent),
+                self._pipe(up_reader, writer, downstream=True, sent=sent),
             )
         finally:
             for w in (writer, up_writer):
@@ -124,10 +135,21 @@ class TcpProxy:
                 w.transport.abort()
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, downstream: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        downstream: bool,
+        sent: list[bool],
     ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while piece := await reader.read(PIECE):
+                if not downstream and self._cut_armed:
+                    sent[0] = True
+                elif downstream and self._cut_armed and sent[0]:
+                    self._cut_armed = False  # one answer lost: the connection goes with it
+                    self.answers_cut += 1
+                    break
                 with self._lock:
                     if downstream:
                         self._down += len(piece)

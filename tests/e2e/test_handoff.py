@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from typing import Any
@@ -11,8 +10,9 @@ import pytest
 from kubernetes import watch
 
 from tests.bed.faultproxy import Delay, FaultProxy, Respond, Rule
-from tests.bed.stack import Stack
+from tests.bed.stack import Account, Stack
 from tests.bed.stack_fixtures import running
+from tests.bed.tcpproxy import TcpProxy
 from tests.support.invariants import metric
 from tests.support.kube import as_dict, wait_for
 from voicevault import API_GROUP, API_VERSION
@@ -86,14 +86,7 @@ def test_work_queued_behind_a_running_pod_goes_to_that_pod(
         wait_for(lambda: hold.matched >= 1, timeout=60, what="the first upload to be under way")
         later = [f"later-{i}" for i in range(3)]
         for name in later:
-            live_stack.record(account, name, os.urandom(3000))
-
-        def queued(name: str) -> dict[str, Any] | None:
-            body = live_stack.get(account.namespace, "recordings", name)
-            return body if body["metadata"].get("finalizers") else None
-
-        for name in later:
-            body = wait_for(functools.partial(queued, name), timeout=30, what=f"{name} queued")
+            body = _queued_behind(live_stack, account, name)
             assert not (body.get("status") or {}).get("phase"), "queued behind the busy pod"
     finally:
         release.set()
@@ -128,14 +121,7 @@ def test_a_handed_recording_the_pod_could_not_store_is_claimed_by_the_retry_writ
     try:
         live_stack.record(account, "first", os.urandom(3000))
         wait_for(lambda: hold.matched >= 1, timeout=60, what="the first upload to be under way")
-        live_stack.record(account, "later", os.urandom(3000))
-        wait_for(
-            lambda: live_stack.get(account.namespace, "recordings", "later")["metadata"].get(
-                "finalizers"
-            ),
-            timeout=30,
-            what="later queued",
-        )
+        _queued_behind(live_stack, account, "later")
     finally:
         release.set()
     retrying = live_stack.wait_phase(account.namespace, "later", "Retrying", timeout=90)
@@ -212,3 +198,61 @@ def test_a_pod_with_nothing_left_waits_for_the_next_recording_of_its_node(
         live_stack.operator.kill()
         live_stack.operator.extra_args = extra
         running(live_stack)
+
+
+def test_a_handed_batch_whose_answer_was_lost_is_queued_again_as_it_was(
+    live_stack: Stack, proxy: FaultProxy
+) -> None:
+    """The operator hands a batch and the answer never reaches the pod: nothing of it
+    was written (its claims ride on the pod's writes), so it waits for the next pod as it
+    was queued, accepted fields and all, with no attempt counted."""
+    extra = list(live_stack.operator.extra_args)
+    relay = TcpProxy(live_stack.operator.webhook_port).start()
+    live_stack.operator.kill()
+    live_stack.operator.extra_args = [
+        *extra,
+        f"--uploader-handoff-url=https://127.0.0.1:{relay.port}",
+    ]
+    try:
+        running(live_stack)
+        account = live_stack.add_account(endpoint=proxy.url)
+        first_put, second_put = threading.Event(), threading.Event()
+        proxy.add_rule(Rule(action=Delay(120.0, release=first_put), method="PUT", times=1))
+        hold = Rule(action=Delay(120.0, release=second_put), method="PUT", times=1)
+        proxy.add_rule(hold)
+        pods_before = metric(live_stack.operator.metrics(), PODS_CREATED)
+        try:
+            live_stack.record(account, "first", os.urandom(3000))
+            _queued_behind(live_stack, account, "handed")
+            first_put.set()  # "first" is done; the pod asks and is handed "handed"
+            wait_for(lambda: hold.matched >= 1, timeout=60, what="the handed upload under way")
+            _queued_behind(live_stack, account, "lost")
+            relay.cut_next_answer()  # the pod asks again: "lost" is handed, the answer lost
+        finally:
+            first_put.set()
+            second_put.set()
+        done = live_stack.wait_phase(account.namespace, "lost", "Completed", timeout=90)
+        assert relay.answers_cut == 1
+        status = done["status"]
+        assert status["attempts"] == 1, "an answer never received is not an attempt"
+        assert status.get("sid") and status.get("storage"), "its accepted fields were written"
+        handed = live_stack.get(account.namespace, "recordings", "handed")["status"]
+        assert status["upload"]["pod"] != handed["upload"]["pod"], "a new pod took it"
+        assert metric(live_stack.operator.metrics(), PODS_CREATED) - pods_before == 2
+    finally:
+        live_stack.operator.kill()
+        live_stack.operator.extra_args = extra
+        relay.stop()
+        running(live_stack)
+
+
+def _queued_behind(stack: Stack, account: Account, name: str) -> dict[str, Any]:
+    """Create a recording on the busy node; its body once it is queued there."""
+    stack.record(account, name, os.urandom(3000))
+
+    def queued() -> dict[str, Any] | None:
+        body = stack.get(account.namespace, "recordings", name)
+        return body if body["metadata"].get("finalizers") else None
+
+    found: dict[str, Any] = wait_for(queued, timeout=30, what=f"{name} queued")
+    return found
