@@ -423,14 +423,17 @@ class Scheduler(Part):
                 fits.append(entry)
             else:  # a new pod takes it, with its credential
                 self._requeue(entry)
-        purges = [e for e in fits if e.action == "purge"]
-        marked = await asyncio.gather(*(self._mark_scheduled(e, active.name) for e in purges))
-        for entry in fits:
-            if entry.action == "upload":  # its claim rides on the pod's first write
-                claim = phases.scheduled("upload", entry.attempts, active.name, _first(entry))
-                entry.claimed_unwritten(claim.status)
-        dropped = {id(e) for e, ok in zip(purges, marked, strict=True) if not ok}
-        return [e for e in fits if id(e) not in dropped]
+        marked = await asyncio.gather(*(self._hand(e, active.name) for e in fits))
+        return [e for e, ok in zip(fits, marked, strict=True) if ok]
+
+    async def _hand(self, entry: QueueEntry, pod_name: str) -> bool:
+        """Claim the entry for a running pod: an upload's claim rides on the pod's first
+        write to it; a purge (the pod writes nothing for it) is marked Scheduled."""
+        if entry.action == "purge":
+            return await self._mark_scheduled(entry, pod_name)
+        claim = phases.scheduled("upload", entry.attempts, pod_name, _first(entry))
+        entry.claimed_unwritten(claim.status)
+        return True
 
     def _may_take_more(self, active: ActivePod) -> bool:
         age = (self.clock() - active.started).total_seconds()
@@ -439,18 +442,21 @@ class Scheduler(Part):
     def _unreceived(self, active: ActivePod) -> None:
         """The pod ended before it got its latest batch: that work waits for the next pod,
         claimed by this one until then, with no attempt counted."""
-        now = self.clock()
         for entry in active.items:
-            if entry.claim is None:  # its Scheduled write carried the accepted fields
-                entry.unwritten = False
-            entry.unclaimed()
-            entry.due = now
-            self._requeue(entry)
+            self._untried(entry)
         if active.items:
             log.info(
                 "a batch the uploader pod never received is queued again",
                 extra={"pod": active.name, "items": len(active.items)},
             )
+
+    def _untried(self, entry: QueueEntry) -> None:
+        """Queued again, due now, with no attempt counted: the pod never tried it."""
+        if entry.claim is None:  # its Scheduled write carried the accepted fields
+            entry.unwritten = False
+        entry.unclaimed()
+        entry.due = self.clock()
+        self._requeue(entry)
 
     async def _mark_scheduled(self, entry: QueueEntry, pod_name: str) -> bool:
         """Claim the recording for the pod; False if it changed since it was queued."""
@@ -637,18 +643,16 @@ class Scheduler(Part):
         if body is None:
             return
         rec = RecordingView.from_body(body)
-        claim = entry.claim if rec.pod != active.name else None
         if rec.uid != entry.uid:
             return
+        claim = entry.claim if rec.pod != active.name else None
         if claim is not None:  # the pod never wrote it: its claim first, if still open
             if not phases.claim_open(rec.status, claim):
                 self.held(entry)  # changed meanwhile: the controller reads it again
                 return
             untried = result.kind == "skipped" if result is not None else why is None
             if untried:
-                entry.unclaimed()  # not attempted: as it was queued, nothing to write
-                entry.due = self.clock()
-                self._requeue(entry)
+                self._untried(entry)  # as it was queued: nothing to write
                 return
             rec = dataclasses.replace(rec, status=rec.status | claim)
         elif rec.pod != active.name:

@@ -217,19 +217,18 @@ class KubeStatusReporter:
             if (status.get("upload") or {}).get("pod") == self.pod:
                 return self._remember(item, current)
             if item.claim and phases.claim_open(status, item.claim):
-                known = _Known(
-                    str(meta.get("resourceVersion", "")), status | item.claim, item.claim
-                )
-                with self._lock:
-                    self._known[item.uid] = known
-                return known
+                return self._remember(item, current, item.claim)
         log.info("recording is no longer this pod's to report", extra=_ctx(item))
         return None
 
-    def _remember(self, item: BatchItem, body: dict[str, Any]) -> _Known:
+    def _remember(
+        self, item: BatchItem, body: dict[str, Any], claim: dict[str, Any] | None = None
+    ) -> _Known:
+        """`body` as the base of the next write, which also writes `claim` (applied)."""
         known = _Known(
             str((body.get("metadata") or {}).get("resourceVersion", "")),
-            dict(body.get("status") or {}),
+            dict(body.get("status") or {}) | (claim or {}),
+            claim,
         )
         with self._lock:
             self._known[item.uid] = known

@@ -58,7 +58,8 @@ class StatusChanges:
             self.errors.append(repr(exc))
 
     def phases(self, name: str) -> list[tuple[str | None, int | None]]:
-        """(phase, attempts) of each status-bearing version of `name` after its create."""
+        """(phase, attempts) of each status-bearing version of `name` after its create;
+        the watch stops first, so ask once the recordings are settled."""
         self._stop.set()
         self._thread.join(30)
         assert not self.errors, self.errors
